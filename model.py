@@ -1,0 +1,263 @@
+"""
+VideoDiT: a small diffusion transformer for video, full or chunk-causal, with a KV cache.
+
+The paper turns a bidirectional video diffusion transformer (Wan2.1) into a *block-causal* student
+that writes a video chunk by chunk, attending to earlier chunks through a KV cache (PAPER.md,
+"Setting"). This file is both: `causal=False` is the teacher, `causal=True` the student.
+
+- Tokens: every frame is cut into `patch_size` x `patch_size` patches, frame after frame.
+- Positions: fixed 2D sin-cos added to the tokens (so the net knows where the walls are), and
+  rotary positions in (time, row, column) inside attention. Rotary time is relative, so a stream
+  can run past the training length.
+- Conditioning: adaLN-Zero on a *per-frame* noise level plus the clip's label, because the
+  streaming schedules give each chunk its own noise level.
+- Attention mask, one rule for every case: a query in chunk q sees a key in chunk c if c <= q
+  (causal only) and c is a sink chunk or one of the `window_chunks` most recent (q - window < c).
+- KV cache: static buffers, written at tensor offsets (no `.item()`, so CUDA-graph capture works);
+  a second call for the same chunk overwrites its slot ("last call wins"); a ring of slots after the
+  sink keeps memory bounded on endless streams.
+"""
+import math
+import os
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32
+    patch_size: int = 4
+    frames: int = 16           # training clip length
+    chunk_frames: int = 2      # frames generated together by the causal student
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    num_labels: int = 18       # the null label (for guidance) is index num_labels
+    window_chunks: int = 7     # most recent chunks a causal query sees (itself included)
+    sink_chunks: int = 1       # first chunks that are never evicted
+
+
+def chunk_visibility(query_chunks, key_chunks, causal, window_chunks, sink_chunks):
+    """Boolean [Q, K] mask: may a query of chunk q attend a key of chunk c? (-1 marks an empty slot)"""
+    q, c = query_chunks[:, None], key_chunks[None, :]
+    if not causal:
+        return (c >= 0).expand(len(query_chunks), -1)
+    recent = (c > q - window_chunks) | (c < sink_chunks)
+    return (c >= 0) & (c <= q) & recent
+
+
+def sincos(positions, dim, base=10000.0):
+    """Sin-cos features of integer positions: [..., dim]."""
+    freqs = torch.exp(-math.log(base) * torch.arange(0, dim, 2, device=positions.device) / dim)
+    angles = positions[..., None].float() * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class Rotary3D(nn.Module):
+    """Rotary embedding in (time, row, column); the head dimension is split between the three axes."""
+
+    def __init__(self, head_dim, base=100.0):
+        super().__init__()
+        spatial = (head_dim // 3) // 2 * 2
+        self.dims = (head_dim - 2 * spatial, spatial, spatial)
+        self.base = base
+
+    def angles(self, positions):  # positions [L, 3] -> angles [L, head_dim // 2]
+        parts = []
+        for axis, dim in enumerate(self.dims):
+            freqs = torch.exp(-math.log(self.base) * torch.arange(0, dim, 2, device=positions.device) / dim)
+            parts.append(positions[:, axis, None].float() * freqs)
+        return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def rotate(x, angles):  # x [B, H, L, D], angles [L, D/2]
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        cos, sin = angles.cos(), angles.sin()
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class KVCache:
+    """Static K/V buffers for streaming. Slot layout: sink chunks, then a ring of window + 1 chunks.
+
+    The ring has one chunk more than the window so a fused call (chunk k's last step together with
+    chunk k+1's first) never evicts a chunk that chunk k may still see. What is visible is decided by
+    `chunk_visibility` on the chunk index stored per slot, never by the slot layout.
+    """
+
+    def __init__(self, config, batch_size, device, dtype=torch.float32):
+        c = config
+        self.config = c
+        self.tokens_per_chunk = c.chunk_frames * (c.image_size // c.patch_size) ** 2
+        self.num_slots = c.sink_chunks + c.window_chunks + 1
+        head_dim = c.width // c.heads
+        shape = (c.depth, batch_size, c.heads, self.num_slots * self.tokens_per_chunk, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.slot_chunk = torch.full((self.num_slots * self.tokens_per_chunk,), -1, device=device, dtype=torch.long)
+
+    def reset(self):
+        self.slot_chunk.fill_(-1)
+
+    def token_slots(self, chunks):
+        """Cache rows of every token of the given chunk indices (a tensor), in order."""
+        c = self.config
+        slot = torch.where(chunks < c.sink_chunks, chunks,
+                           c.sink_chunks + (chunks - c.sink_chunks) % (c.window_chunks + 1))
+        rows = slot[:, None] * self.tokens_per_chunk + torch.arange(self.tokens_per_chunk, device=chunks.device)
+        return rows.flatten()
+
+    def write(self, layer, rows, keys, values):
+        self.keys[layer].index_copy_(2, rows, keys.to(self.keys.dtype))
+        self.values[layer].index_copy_(2, rows, values.to(self.values.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.width, 3 * config.width)
+        self.out = nn.Linear(config.width, config.width)
+        self.q_norm = nn.RMSNorm(config.width // config.heads)
+        self.k_norm = nn.RMSNorm(config.width // config.heads)
+
+    def forward(self, x, angles, mask, kv_cache=None, layer=0, cache_rows=None):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q = Rotary3D.rotate(self.q_norm(q), angles)
+        k = Rotary3D.rotate(self.k_norm(k), angles)
+        if kv_cache is not None:  # write this call's keys/values, then attend to the whole cache
+            kv_cache.write(layer, cache_rows, k, v)
+            k, v = kv_cache.keys[layer].to(q.dtype), kv_cache.values[layer].to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        w = config.width
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(w, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(w, 4 * w), nn.GELU(approximate="tanh"), nn.Linear(4 * w, w))
+        self.modulation = nn.Linear(w, 6 * w)  # adaLN-Zero: shift, scale, gate for attention and MLP
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x, cond, angles, mask, kv_cache=None, layer=0, cache_rows=None):
+        # x [B, F, P, D], cond [B, F, D]: each frame has its own noise level, hence its own modulation
+        B, Fr, P, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        h = self.attn(h.reshape(B, Fr * P, D), angles, mask, kv_cache, layer, cache_rows).view(B, Fr, P, D)
+        x = x + gate1 * h
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+
+class VideoDiT(nn.Module):
+    def __init__(self, config, causal=False):
+        super().__init__()
+        self.config, self.causal = config, causal
+        c, w = config, config.width
+        self.grid = c.image_size // c.patch_size
+        self.patch_in = nn.Linear(3 * c.patch_size ** 2, w)
+        self.noise_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.label_embed = nn.Embedding(c.num_labels + 1, w)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False)
+        self.final_modulation = nn.Linear(w, 2 * w)
+        self.patch_out = nn.Linear(w, 3 * c.patch_size ** 2)
+        for layer in (self.final_modulation, self.patch_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.rotary = Rotary3D(w // c.heads)
+        rows, cols = torch.meshgrid(torch.arange(self.grid), torch.arange(self.grid), indexing="ij")
+        spatial = torch.cat([sincos(rows.flatten(), w // 2), sincos(cols.flatten(), w // 2)], dim=-1)
+        self.register_buffer("spatial_embed", spatial, persistent=False)
+        self.register_buffer("spatial_pos", torch.stack([rows.flatten(), cols.flatten()], -1), persistent=False)
+
+    def patchify(self, video):  # [B, F, 3, H, W] -> [B, F, P, 3*p*p]
+        B, Fr, C, H, W = video.shape
+        p, g = self.config.patch_size, self.grid
+        return video.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr, g * g, C * p * p)
+
+    def unpatchify(self, tokens):  # [B, F, P, 3*p*p] -> [B, F, 3, H, W]
+        B, Fr = tokens.shape[:2]
+        p, g = self.config.patch_size, self.grid
+        return tokens.view(B, Fr, g, g, 3, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, 3, g * p, g * p)
+
+    def forward(self, video, noise_levels, labels, frame_offset=None, kv_cache=None):
+        """Predict the velocity `noise - clean` for every frame (so clean = video - level * velocity).
+
+        video [B, F, 3, H, W] at per-frame noise_levels [B, F] in [0, 1]; labels [B].
+        Training and the teacher: a whole clip, no cache. Streaming (causal only): a few whole chunks
+        starting at frame `frame_offset` (a 0-d long tensor), attending to the `kv_cache`.
+        """
+        c = self.config
+        B, Fr = video.shape[:2]
+        device = video.device
+        if frame_offset is None:
+            frame_offset = torch.zeros((), dtype=torch.long, device=device)
+        frame_index = frame_offset + torch.arange(Fr, device=device)
+        query_chunks = (frame_index // c.chunk_frames).repeat_interleave(self.grid ** 2)
+        positions = torch.cat([frame_index.repeat_interleave(self.grid ** 2)[:, None],
+                               self.spatial_pos.repeat(Fr, 1)], dim=-1)
+        angles = self.rotary.angles(positions)
+        cache_rows = None
+        if kv_cache is None:
+            key_chunks = query_chunks
+        else:
+            cache_rows = kv_cache.token_slots(frame_index[::c.chunk_frames] // c.chunk_frames)
+            kv_cache.slot_chunk.index_copy_(0, cache_rows, query_chunks)
+            key_chunks = kv_cache.slot_chunk
+        mask = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
+
+        x = self.patch_in(self.patchify(video)) + self.spatial_embed
+        cond = self.noise_mlp(sincos(noise_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cond, angles, mask, kv_cache, layer, cache_rows)
+        shift, scale = self.final_modulation(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        clean = self.unpatchify(self.patch_out(self.final_norm(x) * (1 + scale) + shift))
+        # The net predicts the clean frames and we return the velocity they imply. A patch holds more
+        # numbers (3 * 8 * 8 = 192) than a token (width 128): noise cannot pass through that
+        # bottleneck, clean frames (a few shapes) can, so predicting noise or velocity directly
+        # leaves speckle in the samples ("Back to Basics: Let Denoising Generative Models Denoise").
+        levels = noise_levels.clamp(min=0.05)[:, :, None, None, None]
+        return (video - clean) / levels
+
+    def new_cache(self, batch_size, dtype=torch.float32):
+        return KVCache(self.config, batch_size, next(self.parameters()).device, dtype)
+
+
+def save_checkpoint(state, path):
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, device="cpu", expect_config=None):
+    """Load a checkpoint, failing with one line that says what to do."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint at {path!r}; train one first (python train.py config/cpu.py) or fix the path")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        config = ModelConfig(**state["model_config"])
+    except Exception as e:
+        raise SystemExit(f"error: {path!r} is not a checkpoint of this codebase ({type(e).__name__}: {e})")
+    if expect_config is not None and config != expect_config:
+        diff = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items() if getattr(expect_config, k) != v}
+        raise SystemExit(f"error: {path!r} was made with another model config (checkpoint vs now: {diff}); "
+                         f"use a fresh out_dir or the matching preset")
+    return state, config
+
+
+def build_model(state, config, device="cpu", weights="ema"):
+    """A VideoDiT in eval mode with the checkpoint's `ema` (default) or raw `model` weights."""
+    model = VideoDiT(config, causal=state.get("causal", False)).to(device)
+    model.load_state_dict(state[weights])
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,89 @@
+"""Teacher training: resume equals an uninterrupted run, DDP runs, checkpoints round-trip, errors are clear."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from model import build_model, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "config", "tiny.py")
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def test_resume_equals_uninterrupted_training(tmp_path, monkeypatch):
+    train.main([TINY, f"--out_dir={tmp_path / 'straight'}"])
+    real_save = train.save_checkpoint
+
+    def save_then_crash(state, path):  # the run dies right after its step-2 checkpoint
+        real_save(state, path)
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([TINY, f"--out_dir={tmp_path / 'resumed'}"])
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    train.main([TINY, f"--out_dir={tmp_path / 'resumed'}", "--resume=1"])
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4 and a["losses"] == b["losses"]
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert not os.path.exists(tmp_path / "resumed" / "ckpt.pt.tmp")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    train.main([TINY, f"--out_dir={tmp_path}"])
+    state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    model = build_model(state, config)
+    assert config.width == 32 and config.image_size == 16
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state["ema"][name])
+    video = torch.randn(1, 4, 3, 16, 16)
+    reloaded = build_model(*load_checkpoint(str(tmp_path / "ckpt.pt")))
+    args = (video, torch.full((1, 4), 0.5), torch.tensor([1]))
+    assert torch.equal(model(*args), reloaded(*args))
+    assert (tmp_path / "loss.png").exists() and list(tmp_path.glob("samples_*.gif"))
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", TINY,
+                             f"--out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    state, _ = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert state["step"] == 4 and all(torch.isfinite(torch.tensor(state["losses"])))
+
+
+def test_clear_errors(tmp_path):
+    missing = run_cli("sample.py", "--ckpt", str(tmp_path / "nope.pt"))
+    assert missing.returncode != 0 and "no checkpoint at" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    train.main([TINY, f"--out_dir={tmp_path}"])
+    other = run_cli("train.py", TINY, f"--out_dir={tmp_path}", "--resume=1", "--width=64")
+    assert other.returncode != 0 and "another model config" in other.stderr.strip().splitlines()[-1]
+    unknown = run_cli("train.py", TINY, "--widht=64")
+    assert unknown.returncode != 0 and "unknown setting 'widht'" in unknown.stderr
+    wrong_type = run_cli("train.py", TINY, "--steps=many")
+    assert wrong_type.returncode != 0 and "steps must be int" in wrong_type.stderr
+    no_preset = run_cli("train.py", "config/nope.py")
+    assert no_preset.returncode != 0 and "no preset file" in no_preset.stderr
+
+
+def test_sample_cli_writes_gif_and_npz(tmp_path):
+    train.main([TINY, f"--out_dir={tmp_path}"])
+    result = run_cli("sample.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--num", "2", "--steps", "3",
+                     "--label", "blue square", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    data = __import__("numpy").load(tmp_path / "out" / "stream.npz")
+    assert data["frames"].shape == (2, 4, 16, 16, 3) and data["frames"].dtype.name == "uint8"
+    assert data["labels"].tolist() == [8, 8]
+    assert (tmp_path / "out" / "stream.gif").exists()
+    bad_label = run_cli("sample.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--label", "purple blob")
+    assert bad_label.returncode != 0 and "unknown label" in bad_label.stderr

@@ -1,0 +1,230 @@
+"""
+Train the teacher: a bidirectional VideoDiT learns the toy world by rectified flow.
+
+Rectified flow (PAPER.md, "Setting"): mix a clean clip x0 with Gaussian noise eps at level s,
+x_s = (1 - s) x0 + s eps, and regress the velocity v = eps - x0. Every frame of a clip gets the same
+level here (the teacher is a plain video diffusion model); the label is dropped 10% of the time so
+that sampling can use classifier-free guidance. The result is the "undistilled model" that the
+student of distill.py is measured against.
+
+    python train.py config/cpu.py                    # a laptop run (see README for time and loss)
+    python train.py config/cpu.py --steps=500 --lr=1e-3
+    python train.py config/cpu.py --resume=1         # continue from out_dir/ckpt.pt
+    torchrun --nproc_per_node=2 train.py config/tiny.py   # data parallel (gloo on CPU)
+"""
+import ast
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import NUM_LABELS, make_clips, save_gif
+from model import ModelConfig, VideoDiT, load_checkpoint, save_checkpoint
+from sample import sample_teacher
+
+
+@dataclass
+class TrainConfig:
+    # model (see model.ModelConfig)
+    image_size: int = 32
+    patch_size: int = 8
+    frames: int = 16
+    chunk_frames: int = 2
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 200
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    label_dropout: float = 0.1
+    noise_mean: float = 0.0    # noise levels are logit-normal: sigmoid(N(noise_mean, noise_std))
+    noise_std: float = 1.0
+    # bookkeeping
+    out_dir: str = "out/teacher"
+    eval_interval: int = 500
+    sample_steps: int = 50
+    seed: int = 0
+    threads: int = 0           # CPU threads per process; 0 = torch's default
+    compile: bool = False
+    resume: bool = False
+
+
+def parse_config(config, argv):
+    """nanoGPT-style configuration: preset files (python assignments) then --key=value overrides."""
+    known = {f.name: f.type for f in fields(config)}
+
+    def assign(key, value, source):
+        if key not in known:
+            raise SystemExit(f"error: unknown setting {key!r} in {source}; known: {', '.join(known)}")
+        kind = type(getattr(config, key))
+        if kind is float and type(value) is int:
+            value = float(value)
+        if kind is bool and value in (0, 1):
+            value = bool(value)
+        if type(value) is not kind:
+            raise SystemExit(f"error: {key} must be {kind.__name__}, got {value!r} in {source}")
+        setattr(config, key, value)
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                raise SystemExit(f"error: write overrides as --key=value, got {arg!r}")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"error: no preset file {arg!r}; presets live in config/")
+            preset = {}
+            exec(open(arg).read(), {}, preset)
+            for key, value in preset.items():
+                assign(key, value, arg)
+    return config
+
+
+def model_config(config):
+    names = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in asdict(config).items() if k in names}, num_labels=NUM_LABELS)
+
+
+def learning_rate(config, step):
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def flow_matching_loss(model, video, labels, config, generator):
+    """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout."""
+    B, Fr = video.shape[:2]
+    device = video.device
+    noise = torch.randn(video.shape, generator=generator).to(device)
+    levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator)).to(device)
+    drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
+    labels = torch.where(drop, model_config(config).num_labels, labels)
+    s = levels[:, None, None, None, None]
+    noisy = (1 - s) * video + s * noise
+    prediction = model(noisy, levels[:, None].expand(B, Fr), labels)
+    return F.mse_loss(prediction.float(), noise - video)
+
+
+def plot_losses(losses, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses, alpha=0.3, label="loss")
+    window = max(1, len(losses) // 50)
+    smooth = torch.tensor(losses).unfold(0, window, 1).mean(1) if len(losses) >= window else torch.tensor(losses)
+    ax.plot(range(window - 1, window - 1 + len(smooth)), smooth, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    config = parse_config(TrainConfig(), argv)
+    ddp = "RANK" in os.environ
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    else:
+        device = "mps" if torch.backends.mps.is_available() else "cpu"
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    master = rank == 0
+
+    mconfig = model_config(config)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = VideoDiT(mconfig, causal=False).to(device)
+    ema = VideoDiT(mconfig, causal=False).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    rng = torch.Generator().manual_seed(config.seed)  # all ranks draw the same batch seeds
+    step, losses = 0, []
+    ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
+    if config.resume:
+        state, _ = load_checkpoint(ckpt_path, device, expect_config=mconfig)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.set_state(state["rng"])
+        step, losses = state["step"], state["losses"]
+    forward_model = torch.compile(model) if config.compile else model
+    if ddp:
+        forward_model = torch.nn.parallel.DistributedDataParallel(forward_model)
+    if master:
+        print(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
+              f"{world} process(es), {torch.get_num_threads()} thread(s) each, from step {step}")
+
+    def checkpoint():
+        save_checkpoint(dict(model_config=asdict(mconfig), causal=False, train_config=asdict(config),
+                             model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                             rng=rng.get_state(), step=step, losses=losses), ckpt_path)
+        plot_losses(losses, os.path.join(config.out_dir, "loss.png"))
+        labels = torch.arange(8, device=device) % NUM_LABELS
+        video = sample_teacher(ema, labels, config.frames, config.sample_steps)
+        save_gif((video.float().cpu() + 1) / 2, os.path.join(config.out_dir, f"samples_{step:06d}.gif"))
+
+    start = time.time()
+    bar = tqdm(total=config.steps, initial=step, disable=not master, dynamic_ncols=True)
+    while step < config.steps:
+        batch_seed = int(torch.randint(0, 2 ** 31, (1,), generator=rng))
+        batch_rng = torch.Generator().manual_seed(batch_seed * world + rank)  # each rank its own batch
+        clips = make_clips(config.batch_size, config.frames, config.image_size, seed=batch_seed * world + rank)
+        video, labels = clips["video"].to(device) * 2 - 1, clips["labels"].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with autocast:
+            loss = flow_matching_loss(forward_model, video, labels, config, batch_rng)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"error: loss became {loss.item()} at step {step}; lower --lr or resume from the last checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        decay = min(config.ema, (1 + step) / (10 + step))  # short runs: let the EMA catch up early on
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", grad=f"{grad_norm.item():.2f}")
+        if master and (step % config.eval_interval == 0 or step == config.steps):
+            checkpoint()
+    bar.close()
+    if master:
+        final = sum(losses[-100:]) / len(losses[-100:])
+        print(f"done: {step} steps in {(time.time() - start) / 60:.1f} min, final loss (mean of last 100) {final:.4f}, "
+              f"checkpoint {ckpt_path}")
+    if ddp:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
