@@ -110,8 +110,9 @@ class KVCache:
         return rows.flatten()
 
     def write(self, layer, rows, keys, values):
-        self.keys[layer].index_copy_(2, rows, keys.to(self.keys.dtype))
-        self.values[layer].index_copy_(2, rows, values.to(self.values.dtype))
+        # detached: gradients never flow into earlier chunks through the cache (as in Self-Forcing)
+        self.keys[layer].index_copy_(2, rows, keys.detach().to(self.keys.dtype))
+        self.values[layer].index_copy_(2, rows, values.detach().to(self.values.dtype))
 
 
 class Attention(nn.Module):
@@ -125,12 +126,18 @@ class Attention(nn.Module):
 
     def forward(self, x, angles, mask, kv_cache=None, layer=0, cache_rows=None):
         B, L, D = x.shape
+        used_rows = mask.shape[1]
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q = Rotary3D.rotate(self.q_norm(q), angles)
         k = Rotary3D.rotate(self.k_norm(k), angles)
         if kv_cache is not None:  # write this call's keys/values, then attend to the whole cache
             kv_cache.write(layer, cache_rows, k, v)
-            k, v = kv_cache.keys[layer].to(q.dtype), kv_cache.values[layer].to(q.dtype)
+            cached_k = kv_cache.keys[layer, :, :, :used_rows].to(q.dtype)
+            cached_v = kv_cache.values[layer, :, :, :used_rows].to(q.dtype)
+            if torch.is_grad_enabled():  # training through a rollout: this call's own K/V keep their gradient
+                k, v = cached_k.index_copy(2, cache_rows, k), cached_v.index_copy(2, cache_rows, v)
+            else:
+                k, v = cached_k, cached_v
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
@@ -190,18 +197,18 @@ class VideoDiT(nn.Module):
         p, g = self.config.patch_size, self.grid
         return tokens.view(B, Fr, g, g, 3, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, 3, g * p, g * p)
 
-    def forward(self, video, noise_levels, labels, frame_offset=None, kv_cache=None):
+    def forward(self, video, noise_levels, labels, frame_offset=0, kv_cache=None):
         """Predict the velocity `noise - clean` for every frame (so clean = video - level * velocity).
 
         video [B, F, 3, H, W] at per-frame noise_levels [B, F] in [0, 1]; labels [B].
         Training and the teacher: a whole clip, no cache. Streaming (causal only): a few whole chunks
-        starting at frame `frame_offset` (a 0-d long tensor), attending to the `kv_cache`.
+        starting at frame `frame_offset`, attending to the `kv_cache`. An int offset lets eager code
+        attend only to the cache slots in use so far; a 0-d tensor offset keeps every shape static
+        (the whole cache, masked) so the call can be captured in a CUDA graph and replayed.
         """
         c = self.config
         B, Fr = video.shape[:2]
         device = video.device
-        if frame_offset is None:
-            frame_offset = torch.zeros((), dtype=torch.long, device=device)
         frame_index = frame_offset + torch.arange(Fr, device=device)
         query_chunks = (frame_index // c.chunk_frames).repeat_interleave(self.grid ** 2)
         positions = torch.cat([frame_index.repeat_interleave(self.grid ** 2)[:, None],
@@ -213,7 +220,10 @@ class VideoDiT(nn.Module):
         else:
             cache_rows = kv_cache.token_slots(frame_index[::c.chunk_frames] // c.chunk_frames)
             kv_cache.slot_chunk.index_copy_(0, cache_rows, query_chunks)
-            key_chunks = kv_cache.slot_chunk
+            used_slots = kv_cache.num_slots
+            if isinstance(frame_offset, int):  # slots fill in chunk order until the ring wraps
+                used_slots = min(used_slots, (frame_offset + Fr - 1) // c.chunk_frames + 1)
+            key_chunks = kv_cache.slot_chunk[:used_slots * kv_cache.tokens_per_chunk]
         mask = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
 
         x = self.patch_in(self.patchify(video)) + self.spatial_embed

@@ -1,11 +1,28 @@
 """
-Generating video.
+Generating video: the undistilled teacher, and the streaming causal student.
 
-Teacher half: the undistilled baseline. A bidirectional VideoDiT integrates the rectified-flow ODE
-dx/ds = v(x, s) from pure noise (s = 1) to a clean clip (s = 0) with Euler steps, every frame at the
-same noise level, with classifier-free guidance (conditional and unconditional in one batch).
+Teacher: a bidirectional VideoDiT integrates the rectified-flow ODE dx/ds = v(x, s) from pure noise
+(s = 1) to a clean clip (s = 0) with Euler steps, every frame at the same level, with classifier-free
+guidance (conditional and unconditional halves in one batch). It finishes all frames at once.
 
+Student: a chunk-causal VideoDiT writes the video chunk by chunk (PAPER.md, "Setting"). For each
+chunk: start from noise, predict the clean chunk, re-noise it to the next level of the chunk's plan,
+repeat; then leave context in the KV cache by the rule of schedule.py. `rollout_chunks` is the *one*
+implementation of this: distill.py trains through it (with gradient on one exit step per chunk) and
+inference streams from it, so training and inference condition on the same context by construction
+(PAPER.md, "Exposure-bias alignment").
+
+Noise is addressed, not consumed: the noise of (chunk, step) comes from a generator seeded by
+(seed, chunk, step), so any sampler, in any order, draws the same numbers.
+
+`fused_chunks` is the same computation in fewer sequential passes: chunk k+1's first step starts from
+pure noise and needs only chunk k's cache, so it can ride in the same forward pass as the pass that
+writes chunk k's cache (block-causal attention keeps chunk k blind to chunk k+1). On CUDA each pass
+shape is captured once as a CUDA graph and replayed.
+
+    python sample.py                                    # stream from the shipped student
     python sample.py --ckpt assets/teacher.pt --num 8 --label "red circle" --out out
+    python sample.py --ckpt STUDENT --plan diagonal --context last --sampler fused --frames 64
 """
 import argparse
 import os
@@ -15,7 +32,9 @@ import torch
 
 from data import LABELS, NUM_LABELS, label_index, save_gif, save_npz
 from model import build_model, load_checkpoint
-from schedule import warp
+from schedule import CONTEXT_RULES, PLANS, context_level, validate_plan, warp
+
+CONTEXT_STEP = 1000  # noise address of a chunk's extra context pass (denoising steps use 0, 1, 2, ...)
 
 
 def pick_device():
@@ -52,6 +71,187 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, see
             path.append(x - level * v)  # the current guess of the clean clip
         x = x + (next_level - level) * v
     return (x, path) if return_path else x
+
+
+# ----------------------------------------------------------------------------- the causal student
+
+class NoiseSource:
+    """Gaussian noise for a batch, addressed by (chunk, step) under one seed."""
+
+    def __init__(self, seed, batch_size, config, device):
+        self.seed, self.device = seed, device
+        self.shape = (batch_size, config.chunk_frames, 3, config.image_size, config.image_size)
+
+    def __call__(self, chunk_index, step):
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + chunk_index) * 1_009 + step)
+        return torch.randn(self.shape, generator=generator).to(self.device)
+
+
+def renoise(clean, level, noise):
+    return clean if level == 0 else (1 - level) * clean + level * noise
+
+
+class StreamingStep:
+    """One forward pass of the student against its KV cache, returning the predicted clean frames.
+
+    Eager (CPU, MPS, or --graph 0): the frame offset is a Python int, so attention covers only the
+    cache slots in use. Graph (CUDA): every input lives in a static buffer, the offset is a tensor,
+    and each input length (one chunk, or two when fused) is captured once and then replayed.
+    """
+
+    def __init__(self, model, kv_cache, labels, graph=False):
+        self.model, self.kv_cache, self.labels, self.graph = model, kv_cache, labels, graph
+        self.captured = {}
+        device = labels.device
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def forward(self, video, noise_levels, frame_offset):
+        with self.autocast:
+            velocity = self.model(video, noise_levels, self.labels, frame_offset, self.kv_cache)
+        return video - noise_levels[:, :, None, None, None] * velocity.float()
+
+    def __call__(self, video, noise_levels, frame_offset):
+        if not self.graph:
+            return self.forward(video, noise_levels, frame_offset)
+        frames = video.shape[1]
+        if frames not in self.captured:
+            self.captured[frames] = self.capture(video, noise_levels, frame_offset)
+        graph, inputs, output = self.captured[frames]
+        inputs[0].copy_(video)
+        inputs[1].copy_(noise_levels)
+        inputs[2].fill_(frame_offset)
+        graph.replay()
+        return output.clone()
+
+    def capture(self, video, noise_levels, frame_offset):
+        """Warm up on a side stream, then record. The warm-up calls write exactly what the first replay
+        will write into this chunk's cache slot, so ("last call wins") they leave no trace."""
+        inputs = (video.clone(), noise_levels.clone(), torch.tensor(frame_offset, device=video.device))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.forward(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self.forward(*inputs)
+        return graph, inputs, output
+
+
+def make_plan(name, num_chunks):
+    if name not in PLANS:
+        raise SystemExit(f"error: unknown plan {name!r}; use one of {', '.join(PLANS)}")
+    return PLANS[name](num_chunks)
+
+
+def rollout_chunks(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=warp(0.1)):
+    """Generate len(plan) chunks one after another and yield each clean chunk [B, chunk_frames, 3, H, W].
+
+    exit_steps: None for inference (every step, no gradient). For training, one step index per chunk:
+    that step's prediction is the chunk's output and carries the gradient; the steps before it run
+    under no_grad, the steps after it are skipped. The cache then gets what inference would leave:
+    with `last`, an early exit re-runs the output re-noised to the chunk's last level (the noise
+    inference would have used there), so context sits at the same level in training and inference.
+    """
+    validate_plan(plan)
+    c = model.config
+    kv_cache = kv_cache if kv_cache is not None else model.new_cache(len(labels))
+    step_fn = StreamingStep(model, kv_cache, labels)
+    B = len(labels)
+    for chunk_index, levels in enumerate(plan):
+        offset = chunk_index * c.chunk_frames
+        exit_step = len(levels) - 1 if exit_steps is None else exit_steps[chunk_index]
+        x = noise(chunk_index, 0)
+        for step in range(exit_step + 1):
+            with torch.set_grad_enabled(exit_steps is not None and step == exit_step and torch.is_grad_enabled()):
+                clean = step_fn(x, torch.full((B, c.chunk_frames), levels[step], device=x.device), offset)
+            if step < exit_step:
+                x = renoise(clean, levels[step + 1], noise(chunk_index, step + 1))
+        level, address = context_level(context, levels, renoise_level), CONTEXT_STEP
+        if level is None and exit_step < len(levels) - 1:
+            level, address = levels[-1], len(levels) - 1
+        if level is not None:
+            with torch.no_grad():
+                context_input = renoise(clean.detach(), level, noise(chunk_index, address) if level else None)
+                step_fn(context_input, torch.full((B, c.chunk_frames), level, device=x.device), offset)
+        yield clean
+
+
+def rollout(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=warp(0.1)):
+    """The whole video of `rollout_chunks`: [B, len(plan) * chunk_frames, 3, H, W]."""
+    return torch.cat(list(rollout_chunks(model, plan, context, labels, noise, exit_steps, kv_cache, renoise_level)), 1)
+
+
+@torch.no_grad()
+def fused_chunks(model, plan, context, labels, noise, kv_cache=None, renoise_level=warp(0.1), graph=False):
+    """The same chunks as `rollout_chunks` (inference), in fewer sequential passes: the pass that writes
+    chunk k's final cache entry also runs chunk k+1's first step."""
+    validate_plan(plan)
+    c = model.config
+    if context == "last" and any(len(levels) < 2 for levels in plan[1:]):
+        raise ValueError("the fused sampler with context 'last' needs at least 2 steps per chunk after the first; "
+                         "use --sampler sequential")
+    kv_cache = kv_cache if kv_cache is not None else model.new_cache(len(labels))
+    step = StreamingStep(model, kv_cache, labels, graph)
+    B, Fc = len(labels), c.chunk_frames
+    full = lambda level, frames=Fc: torch.full((B, frames), level, device=labels.device)
+    pending = None  # (input, level, chunk index, is a denoising step) of the pass that will finish chunk k's cache
+    for chunk_index, levels in enumerate(plan):
+        x = noise(chunk_index, 0)
+        if context == "last" and len(levels) == 1:  # (only chunk 0, see above) its one step is its final pass
+            pending = (x, levels[0], chunk_index, True)
+            continue
+        if pending is None:
+            clean = step(x, full(levels[0]), 0)
+        else:
+            previous_input, previous_level, previous_chunk, denoising = pending
+            both = step(torch.cat([previous_input, x], 1),
+                        torch.cat([full(previous_level), full(levels[0])], 1), previous_chunk * Fc)
+            if denoising:
+                yield both[:, :Fc]
+            clean = both[:, Fc:]
+        offset = chunk_index * Fc
+        last_in_loop = len(levels) - 1 if context == "last" else len(levels)
+        for j in range(1, last_in_loop):
+            x = renoise(clean, levels[j], noise(chunk_index, j))
+            clean = step(x, full(levels[j]), offset)
+        if context == "last":
+            j = len(levels) - 1
+            pending = (renoise(clean, levels[j], noise(chunk_index, j)), levels[j], chunk_index, True)
+        else:
+            yield clean
+            level = context_level(context, levels, renoise_level)
+            pending = (renoise(clean, level, noise(chunk_index, CONTEXT_STEP) if level else None), level, chunk_index, False)
+    previous_input, previous_level, previous_chunk, denoising = pending
+    clean = step(previous_input, full(previous_level), previous_chunk * Fc)
+    if denoising:
+        yield clean
+
+
+def stream(model, labels, num_frames, plan_name="diagonal", context="last", sampler="fused", seed=0, graph=None):
+    """Yield frames [B, chunk_frames, 3, H, W] in [-1, 1] as each chunk finishes, for any length."""
+    c = model.config
+    device = labels.device
+    num_chunks = -(-num_frames // c.chunk_frames)
+    plan = make_plan(plan_name, num_chunks)
+    noise = NoiseSource(seed, len(labels), c, device)
+    if graph is None:
+        graph = device.type == "cuda"
+    if graph and device.type != "cuda":
+        raise SystemExit("error: --graph 1 needs CUDA; on this device the step runs eagerly (--graph 0)")
+    with torch.no_grad():
+        if sampler == "fused":
+            chunks = fused_chunks(model, plan, context, labels, noise, graph=graph)
+        elif sampler == "sequential":
+            chunks = rollout_chunks(model, plan, context, labels, noise)
+        else:
+            raise SystemExit(f"error: unknown sampler {sampler!r}; use fused or sequential")
+        emitted = 0
+        for chunk in chunks:
+            take = min(c.chunk_frames, num_frames - emitted)
+            emitted += take
+            yield chunk[:, :take]
 
 
 def main(argv=None):

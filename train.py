@@ -34,7 +34,7 @@ from sample import sample_teacher
 class TrainConfig:
     # model (see model.ModelConfig)
     image_size: int = 32
-    patch_size: int = 8
+    patch_size: int = 4
     frames: int = 16
     chunk_frames: int = 2
     width: int = 128
@@ -50,7 +50,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.999
     label_dropout: float = 0.1
-    noise_mean: float = 0.0    # noise levels are logit-normal: sigmoid(N(noise_mean, noise_std))
+    noise_mean: float = 0.5    # noise levels are logit-normal: sigmoid(N(noise_mean, noise_std))
     noise_std: float = 1.0
     # bookkeeping
     out_dir: str = "out/teacher"
@@ -58,6 +58,7 @@ class TrainConfig:
     sample_steps: int = 50
     seed: int = 0
     threads: int = 0           # CPU threads per process; 0 = torch's default
+    bf16: bool = True          # bfloat16 autocast on CUDA, and on CPUs with bf16 units (AVX512-BF16, AMX)
     compile: bool = False
     resume: bool = False
 
@@ -156,7 +157,8 @@ def main(argv):
         device = "mps" if torch.backends.mps.is_available() else "cpu"
     if config.threads:
         torch.set_num_threads(config.threads)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    use_bf16 = config.bf16 and not device.startswith("mps")
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
     master = rank == 0
 
     mconfig = model_config(config)

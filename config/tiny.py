@@ -12,3 +12,4 @@ eval_interval = 2
 sample_steps = 2
 threads = 1
 out_dir = "out/tiny"
+bf16 = False

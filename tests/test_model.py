@@ -51,32 +51,35 @@ def test_bidirectional_teacher_sees_the_future():
     assert (model(video, levels, labels)[:, :2] - model(changed, levels, labels)[:, :2]).abs().max() > 1e-3
 
 
-def stream(model, video, levels, labels, chunks_per_call=1):
-    """Feed the clip through the KV cache a few chunks at a time; return the concatenated outputs."""
+def stream(model, video, levels, labels, chunks_per_call=1, static=False):
+    """Feed the clip through the KV cache a few chunks at a time; return the concatenated outputs.
+    static: pass offsets as tensors (whole cache, CUDA-graph style) instead of ints (used slots only)."""
     cache = model.new_cache(len(video))
     step = chunks_per_call * model.config.chunk_frames
     outs = []
     for start in range(0, video.shape[1], step):
-        offset = torch.tensor(start)
+        offset = torch.tensor(start) if static else start
         outs.append(model(video[:, start:start + step], levels[:, start:start + step], labels, offset, cache))
     return torch.cat(outs, 1), cache
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("chunks_per_call", [1, 2])
-def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call):
+def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, static):
     model = make_model()
     video, levels, labels = clip(8)          # 4 chunks, window 3 + sink 1: nothing evicted yet
     full = model(video, levels, labels)
-    streamed, _ = stream(model, video, levels, labels, chunks_per_call)
+    streamed, _ = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("chunks_per_call", [1, 2])
-def test_streaming_after_eviction_equals_windowed_reference(chunks_per_call):
+def test_streaming_after_eviction_equals_windowed_reference(chunks_per_call, static):
     model = make_model()
     video, levels, labels = clip(20)         # 10 chunks: chunks 1..6 fall out of the last chunk's window
     full = model(video, levels, labels)      # the reference: one causal pass under the same sink + window rule
-    streamed, cache = stream(model, video, levels, labels, chunks_per_call)
+    streamed, cache = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
     assert cache.keys.shape[3] == (1 + 3 + 1) * cache.tokens_per_chunk  # sink + window + 1 spare, not 10 chunks
 
@@ -93,7 +96,7 @@ def test_evicted_chunks_are_ignored_and_the_sink_is_not():
     model = make_model()
     video, levels, labels = clip(20)
     _, cache = stream(model, video, levels, labels)                  # chunks 0..9 written
-    rerun = lambda: model(video[:, 18:], levels[:, 18:], labels, torch.tensor(18), cache)  # chunk 9 again
+    rerun = lambda: model(video[:, 18:], levels[:, 18:], labels, 18, cache)  # chunk 9 again
     before = rerun()
     stale = cache.token_slots(torch.tensor([6]))                     # still in the ring, outside the window
     cache.keys[:, :, :, stale] += 3.0
@@ -107,10 +110,10 @@ def test_last_call_wins():
     model = make_model()
     video, levels, labels = clip(4)
     cache = model.new_cache(2)
-    zero = torch.tensor(0)
+    zero = 0
     model(video[:, :2] + 5.0, levels[:, :2], labels, zero, cache)   # a first, different call for chunk 0
     model(video[:, :2], levels[:, :2], labels, zero, cache)         # the second call overwrites it
-    second = model(video[:, 2:], levels[:, 2:], labels, torch.tensor(2), cache)
+    second = model(video[:, 2:], levels[:, 2:], labels, 2, cache)
     full = model(video, levels, labels)
     assert (second - full[:, 2:]).abs().max() < 1e-5
 

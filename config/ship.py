@@ -1,0 +1,12 @@
+# The run that makes the shipped teacher, assets/teacher.pt (about 1.5 hours on 2 CPU cores with bf16).
+# Default model size: 32x32 frames in 4x4 patches (64 tokens a frame, 1024 a clip), width 128, depth 4.
+# Run it in the background and resume it if it stops:
+#   nohup python train.py config/ship.py > ship.log 2>&1 &
+#   python train.py config/ship.py --resume=1
+steps = 5000
+batch_size = 16
+lr = 1e-3
+warmup = 200
+eval_interval = 250
+threads = 2
+out_dir = "out/ship"
