@@ -255,36 +255,55 @@ def stream(model, labels, num_frames, plan_name="diagonal", context="last", samp
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Sample videos from a VideoDiT checkpoint.")
-    parser.add_argument("--ckpt", default="assets/teacher.pt")
+    parser = argparse.ArgumentParser(description="Sample videos from a teacher or stream them from a student.")
+    parser.add_argument("--ckpt", default=None, help="default: the shipped student, assets/student.pt")
     parser.add_argument("--num", type=int, default=4)
     parser.add_argument("--frames", type=int, default=None, help="default: the training clip length")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default=None, help=f"a name such as 'red circle' or an index 0..{NUM_LABELS - 1}; default: varied")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--out", default="out")
+    parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="teacher: classifier-free guidance scale")
+    parser.add_argument("--plan", default="diagonal", help=f"student: {' | '.join(PLANS)}")
+    parser.add_argument("--context", default="last", choices=CONTEXT_RULES, help="student: what the cache keeps")
+    parser.add_argument("--sampler", default="fused", choices=("fused", "sequential"))
+    parser.add_argument("--graph", type=int, default=None, choices=(0, 1), help="CUDA-graph replay (default: on with CUDA)")
     args = parser.parse_args(argv)
-    if args.num < 1:
-        raise SystemExit("error: --num must be at least 1")
+    if args.num < 1 or (args.frames is not None and args.frames < 1):
+        raise SystemExit("error: --num and --frames must be at least 1")
+    if args.ckpt is None:
+        args.ckpt = "assets/student.pt"
+        if not os.path.isfile(args.ckpt):
+            raise SystemExit("error: no shipped student yet (assets/student.pt comes with distillation); "
+                             "for now sample the teacher: python sample.py --ckpt assets/teacher.pt")
 
-    device = pick_device()
+    device = torch.device(pick_device())
     state, config = load_checkpoint(args.ckpt, device)
     model = build_model(state, config, device)
     frames = args.frames or config.frames
-    if args.label is None:
-        labels = torch.arange(args.num) % NUM_LABELS
-    else:
-        labels = torch.full((args.num,), label_index(args.label))
+    labels = (torch.arange(args.num) % NUM_LABELS if args.label is None
+              else torch.full((args.num,), label_index(args.label))).to(device)
     start = time.perf_counter()
-    video = sample_teacher(model, labels.to(device), frames, args.steps, args.guidance, seed=args.seed)
+    if model.causal:
+        chunks = []
+        for chunk in stream(model, labels, frames, args.plan, args.context, args.sampler, args.seed,
+                            None if args.graph is None else bool(args.graph)):
+            if not chunks:
+                latency = time.perf_counter() - start
+            chunks.append(chunk.float().cpu())
+        video = torch.cat(chunks, 1)
+        how = f"student, {args.plan} plan, {args.context} context, {args.sampler} sampler"
+    else:
+        video = sample_teacher(model, labels, frames, args.steps, args.guidance, seed=args.seed).float().cpu()
+        latency = time.perf_counter() - start  # a bidirectional model finishes every frame at once
+        how = f"teacher, {args.steps} steps, guidance {args.guidance}"
     seconds = time.perf_counter() - start
-    video = ((video.float().cpu() + 1) / 2).clamp(0, 1)
+    video = ((video + 1) / 2).clamp(0, 1)
     save_gif(video, os.path.join(args.out, "stream.gif"))
-    save_npz(video, labels, os.path.join(args.out, "stream.npz"))
-    print(f"{args.num} clips of {frames} frames ({', '.join(LABELS[i] for i in labels[:4].tolist())}...) "
-          f"in {seconds:.2f}s on {device}: first frame after {seconds:.2f}s (a bidirectional teacher finishes "
-          f"all frames at once), {args.num * frames / seconds:.1f} frames/s -> {args.out}/stream.gif, {args.out}/stream.npz")
+    save_npz(video, labels.cpu(), os.path.join(args.out, "stream.npz"))
+    print(f"{args.num} x {frames} frames ({how}; {', '.join(LABELS[i] for i in labels[:3].tolist())}...) on {device}: "
+          f"first frame after {1000 * latency:.0f} ms, {args.num * frames / seconds:.1f} frames/s "
+          f"-> {args.out}/stream.gif, {args.out}/stream.npz")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,6 @@ steps = 5000
 batch_size = 16
 lr = 1e-3
 warmup = 200
-eval_interval = 250
+eval_interval = 1000
 threads = 2
 out_dir = "out/ship"

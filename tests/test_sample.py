@@ -1,4 +1,6 @@
 """The causal sampler: fused equals sequential, training rollouts, bounded streaming, capture safety."""
+import os
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -7,6 +9,7 @@ from model import ModelConfig, VideoDiT
 from sample import NoiseSource, fused_chunks, rollout, rollout_chunks, sample_teacher, stream
 from schedule import diagonal, make_plan, paper, uniform
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = ModelConfig(image_size=16, patch_size=4, frames=8, chunk_frames=2, width=32, depth=2, heads=2,
                      num_labels=4, window_chunks=3, sink_chunks=1)
 
@@ -159,3 +162,29 @@ def test_teacher_sampler_runs_and_is_seeded():
     a = sample_teacher(teacher, LABELS, 4, steps=3, seed=1)
     b = sample_teacher(teacher, LABELS, 4, steps=3, seed=1)
     assert torch.equal(a, b) and a.shape == (2, 4, 3, 16, 16)
+
+
+def test_student_cli_fused_and_sequential_write_the_same_stream(tmp_path):
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from model import save_checkpoint
+    model = student()
+    weights = model.state_dict()
+    save_checkpoint(dict(model_config=asdict(CONFIG), causal=True, model=weights, ema=weights), str(tmp_path / "s.pt"))
+    outs = {}
+    for sampler in ("fused", "sequential"):
+        result = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "s.pt"), "--num", "2",
+                                 "--frames", "11", "--label", "2", "--sampler", sampler, "--out", str(tmp_path / sampler)],
+                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert "first frame after" in result.stdout and "frames/s" in result.stdout
+        outs[sampler] = np.load(tmp_path / sampler / "stream.npz")["frames"]
+    assert outs["fused"].shape == (2, 11, 16, 16, 3)
+    assert np.abs(outs["fused"].astype(int) - outs["sequential"].astype(int)).max() <= 1  # uint8 rounding
+    bad = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "s.pt"), "--plan", "zigzag"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown plan" in bad.stderr
