@@ -98,9 +98,6 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.slot_chunk = torch.full((self.num_slots * self.tokens_per_chunk,), -1, device=device, dtype=torch.long)
 
-    def reset(self):
-        self.slot_chunk.fill_(-1)
-
     def token_slots(self, chunks):
         """Cache rows of every token of the given chunk indices (a tensor), in order."""
         c = self.config
@@ -232,10 +229,11 @@ class VideoDiT(nn.Module):
             x = block(x, cond, angles, mask, kv_cache, layer, cache_rows)
         shift, scale = self.final_modulation(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         clean = self.unpatchify(self.patch_out(self.final_norm(x) * (1 + scale) + shift))
-        # The net predicts the clean frames and we return the velocity they imply. A patch holds more
-        # numbers (3 * 8 * 8 = 192) than a token (width 128): noise cannot pass through that
-        # bottleneck, clean frames (a few shapes) can, so predicting noise or velocity directly
-        # leaves speckle in the samples ("Back to Basics: Let Denoising Generative Models Denoise").
+        # The net predicts the clean frames and we return the velocity they imply. With 8x8 patches
+        # (config/cpu.py) a patch holds more numbers (3 * 8 * 8 = 192) than a token (width 128):
+        # noise cannot pass through that bottleneck, clean frames (a few shapes) can, so predicting
+        # velocity directly left speckle all over our samples (the argument of "Back to Basics: Let
+        # Denoising Generative Models Denoise", Li & He 2025).
         levels = noise_levels.clamp(min=0.05)[:, :, None, None, None]
         return (video - clean) / levels
 

@@ -56,21 +56,19 @@ def guided_velocity(model, video, noise_levels, labels, guidance):
 
 
 @torch.no_grad()
-def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, seed=0, return_path=False):
-    """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1] (and the x0 path)."""
+def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, seed=0):
+    """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]."""
     c = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(len(labels), frames, 3, c.image_size, c.image_size, generator=generator).to(device)
     levels = [warp(1 - i / steps, shift) for i in range(steps + 1)]
-    path = []
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
-        v = guided_velocity(model, x, noise_levels, labels, guidance)
-        if return_path:
-            path.append(x - level * v)  # the current guess of the clean clip
-        x = x + (next_level - level) * v
-    return (x, path) if return_path else x
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            v = guided_velocity(model, x, noise_levels, labels, guidance)
+        x = x + (next_level - level) * v.float()
+    return x
 
 
 # ----------------------------------------------------------------------------- the causal student
@@ -102,11 +100,9 @@ class StreamingStep:
     def __init__(self, model, kv_cache, labels, graph=False):
         self.model, self.kv_cache, self.labels, self.graph = model, kv_cache, labels, graph
         self.captured = {}
-        device = labels.device
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def forward(self, video, noise_levels, frame_offset):
-        with self.autocast:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
             velocity = self.model(video, noise_levels, self.labels, frame_offset, self.kv_cache)
         return video - noise_levels[:, :, None, None, None] * velocity.float()
 

@@ -119,7 +119,7 @@ def flow_matching_loss(model, video, labels, config, generator):
     noise = torch.randn(video.shape, generator=generator).to(device)
     levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator)).to(device)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
-    labels = torch.where(drop, model_config(config).num_labels, labels)
+    labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
     s = levels[:, None, None, None, None]
     noisy = (1 - s) * video + s * noise
     prediction = model(noisy, levels[:, None].expand(B, Fr), labels)

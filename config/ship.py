@@ -3,10 +3,10 @@
 # Run it in the background and resume it if it stops:
 #   nohup python train.py config/ship.py > ship.log 2>&1 &
 #   python train.py config/ship.py --resume=1
-steps = 5000
+steps = 4500
 batch_size = 16
 lr = 1e-3
 warmup = 200
-eval_interval = 1000
+eval_interval = 500
 threads = 2
 out_dir = "out/ship"
