@@ -16,8 +16,9 @@ once); FPS is frames over the whole run. "forward only" replays exactly the forw
 made (same shapes, same cache offsets) back to back, so sampler time / forward-only time - 1 is what
 the sampling loop itself costs. Speed does not depend on training, hence --random.
 
-    python bench.py --random              # untrained weights at the default preset's size
-    python bench.py --ckpt out/ship/ckpt.pt
+    python bench.py --random                        # untrained weights at the default size (config/ship.py)
+    python bench.py --random --preset config/cpu.py # ... at another preset's size
+    python bench.py --ckpt assets/teacher.pt
 """
 import argparse
 import json
@@ -31,7 +32,7 @@ import sample
 from model import VideoDiT, load_checkpoint
 from sample import NoiseSource, fused_chunks, make_plan, pick_device, rollout_chunks, sample_teacher
 from schedule import forward_passes, sequential_passes
-from train import TrainConfig, model_config
+from train import TrainConfig, model_config, parse_config
 
 
 def sync(device):
@@ -91,6 +92,7 @@ def time_teacher(model, labels, frames, device):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Teacher vs student sampling speed, side by side.")
     parser.add_argument("--random", action="store_true", help="untrained weights at the default model size")
+    parser.add_argument("--preset", default=None, help="with --random: take the model size from this preset")
     parser.add_argument("--ckpt", default=None, help="a checkpoint whose weights (and size) to use")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frames", type=int, default=None, help="default: the training clip length (16)")
@@ -99,7 +101,7 @@ def main(argv=None):
         raise SystemExit("error: pass either --random or --ckpt PATH")
     device = torch.device(pick_device())
     if args.random:
-        config = model_config(TrainConfig())
+        config = model_config(parse_config(TrainConfig(), [args.preset] if args.preset else []))
         torch.manual_seed(0)
         weights = VideoDiT(config).state_dict()
     else:

@@ -7,8 +7,9 @@ that writes a video chunk by chunk, attending to earlier chunks through a KV cac
 
 - Tokens: every frame is cut into `patch_size` x `patch_size` patches, frame after frame.
 - Positions: fixed 2D sin-cos added to the tokens (so the net knows where the walls are), and
-  rotary positions in (time, row, column) inside attention. Rotary time is relative, so a stream
-  can run past the training length.
+  rotary positions in (time, row, column) inside attention. Rotary attention depends on time
+  *differences*, so a stream can run past the training length (only the sink chunk, never evicted,
+  ends up further back than anything seen in training).
 - Conditioning: adaLN-Zero on a *per-frame* noise level plus the clip's label, because the
   streaming schedules give each chunk its own noise level.
 - Attention mask, one rule for every case: a query in chunk q sees a key in chunk c if c <= q
@@ -105,6 +106,10 @@ class KVCache:
                            c.sink_chunks + (chunks - c.sink_chunks) % (c.window_chunks + 1))
         rows = slot[:, None] * self.tokens_per_chunk + torch.arange(self.tokens_per_chunk, device=chunks.device)
         return rows.flatten()
+
+    def reset(self):
+        """Forget every chunk (the buffers stay where they are, so captured CUDA graphs stay valid)."""
+        self.slot_chunk.fill_(-1)
 
     def write(self, layer, rows, keys, values):
         # detached: gradients never flow into earlier chunks through the cache (as in Self-Forcing)
@@ -218,7 +223,7 @@ class VideoDiT(nn.Module):
             cache_rows = kv_cache.token_slots(frame_index[::c.chunk_frames] // c.chunk_frames)
             kv_cache.slot_chunk.index_copy_(0, cache_rows, query_chunks)
             used_slots = kv_cache.num_slots
-            if isinstance(frame_offset, int):  # slots fill in chunk order until the ring wraps
+            if isinstance(frame_offset, int):  # streams start at chunk 0 and fill slots in order until the ring wraps
                 used_slots = min(used_slots, (frame_offset + Fr - 1) // c.chunk_frames + 1)
             key_chunks = kv_cache.slot_chunk[:used_slots * kv_cache.tokens_per_chunk]
         mask = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
@@ -234,11 +239,13 @@ class VideoDiT(nn.Module):
         # noise cannot pass through that bottleneck, clean frames (a few shapes) can, so predicting
         # velocity directly left speckle all over our samples (the argument of "Back to Basics: Let
         # Denoising Generative Models Denoise", Li & He 2025).
-        levels = noise_levels.clamp(min=0.05)[:, :, None, None, None]
-        return (video - clean) / levels
+        # (the level is floored only to avoid 0 / 0 for clean context passes; train.py caps the loss
+        # weight separately)
+        return (video - clean) / noise_levels.clamp(min=1e-4)[:, :, None, None, None]
 
-    def new_cache(self, batch_size, dtype=torch.float32):
-        return KVCache(self.config, batch_size, next(self.parameters()).device, dtype)
+    def new_cache(self, batch_size):
+        device = next(self.parameters()).device
+        return KVCache(self.config, batch_size, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 def save_checkpoint(state, path):

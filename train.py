@@ -5,7 +5,7 @@ Rectified flow (PAPER.md, "Setting"): mix a clean clip x0 with Gaussian noise ep
 x_s = (1 - s) x0 + s eps, and regress the velocity v = eps - x0. Every frame of a clip gets the same
 level here (the teacher is a plain video diffusion model); the label is dropped 10% of the time so
 that sampling can use classifier-free guidance. The result is the "undistilled model" that the
-student of distill.py is measured against.
+distilled student (the next milestone) is measured against.
 
     python train.py config/cpu.py                    # a laptop run (see README for time and loss)
     python train.py config/cpu.py --steps=500 --lr=1e-3
@@ -22,7 +22,6 @@ from dataclasses import dataclass, asdict, fields
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import NUM_LABELS, make_clips, save_gif
@@ -58,7 +57,7 @@ class TrainConfig:
     sample_steps: int = 50
     seed: int = 0
     threads: int = 0           # CPU threads per process; 0 = torch's default
-    bf16: bool = True          # bfloat16 autocast on CUDA, and on CPUs with bf16 units (AVX512-BF16, AMX)
+    bf16: bool = True          # bfloat16 autocast on CUDA and CPU (fast on CPUs with AVX512-BF16 or AMX, slow without)
     compile: bool = False
     resume: bool = False
 
@@ -113,7 +112,9 @@ def learning_rate(config, step):
 
 
 def flow_matching_loss(model, video, labels, config, generator):
-    """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout."""
+    """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout.
+    The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
+    capped at level 0.05 so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
     device = video.device
     noise = torch.randn(video.shape, generator=generator).to(device)
@@ -122,8 +123,9 @@ def flow_matching_loss(model, video, labels, config, generator):
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
     s = levels[:, None, None, None, None]
     noisy = (1 - s) * video + s * noise
-    prediction = model(noisy, levels[:, None].expand(B, Fr), labels)
-    return F.mse_loss(prediction.float(), noise - video)
+    velocity = model(noisy, levels[:, None].expand(B, Fr), labels).float()
+    clean = noisy - s * velocity
+    return ((clean - video) / s.clamp(min=0.05)).square().mean()
 
 
 def plot_losses(losses, path):
@@ -145,16 +147,16 @@ def plot_losses(losses, path):
 def main(argv):
     config = parse_config(TrainConfig(), argv)
     ddp = "RANK" in os.environ
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     else:
         device = "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
     if config.threads:
         torch.set_num_threads(config.threads)
     use_bf16 = config.bf16 and not device.startswith("mps")
@@ -177,9 +179,9 @@ def main(argv):
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         step, losses = state["step"], state["losses"]
-    forward_model = torch.compile(model) if config.compile else model
-    if ddp:
-        forward_model = torch.nn.parallel.DistributedDataParallel(forward_model)
+    forward_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    if config.compile:
+        forward_model = torch.compile(forward_model)
     if master:
         print(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
               f"{world} process(es), {torch.get_num_threads()} thread(s) each, from step {step}")
@@ -196,16 +198,19 @@ def main(argv):
     start = time.time()
     bar = tqdm(total=config.steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < config.steps:
-        batch_seed = int(torch.randint(0, 2 ** 31, (1,), generator=rng))
-        batch_rng = torch.Generator().manual_seed(batch_seed * world + rank)  # each rank its own batch
-        clips = make_clips(config.batch_size, config.frames, config.image_size, seed=batch_seed * world + rank)
+        data_seed, noise_seed = (int(s) * world + rank for s in torch.randint(0, 2 ** 31, (2,), generator=rng))
+        clips = make_clips(config.batch_size, config.frames, config.image_size, seed=data_seed)  # each rank its own
         video, labels = clips["video"].to(device) * 2 - 1, clips["labels"].to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         with autocast:
-            loss = flow_matching_loss(forward_model, video, labels, config, batch_rng)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"error: loss became {loss.item()} at step {step}; lower --lr or resume from the last checkpoint")
+            loss = flow_matching_loss(forward_model, video, labels, config, torch.Generator().manual_seed(noise_seed))
+        mean_loss = loss.detach().clone()
+        if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+        if not torch.isfinite(mean_loss):
+            raise SystemExit(f"error: loss became {mean_loss.item()} at step {step}; lower --lr or resume from the last checkpoint")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -215,9 +220,9 @@ def main(argv):
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - decay)
         step += 1
-        losses.append(loss.item())
+        losses.append(mean_loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", grad=f"{grad_norm.item():.2f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", grad=f"{grad_norm.item():.2f}")
         if master and (step % config.eval_interval == 0 or step == config.steps):
             checkpoint()
     bar.close()

@@ -3,7 +3,7 @@
 # Run it in the background and resume it if it stops:
 #   nohup python train.py config/ship.py > ship.log 2>&1 &
 #   python train.py config/ship.py --resume=1
-steps = 4500
+steps = 5000
 batch_size = 16
 lr = 1e-3
 warmup = 200
