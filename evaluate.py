@@ -52,7 +52,7 @@ def main(argv=None):
     models = [(path, *load_checkpoint(path, device)) for path in args.ckpt]
     config = models[0][2]
     labels = torch.arange(args.num) % NUM_LABELS
-    # real reference clips (a different seed than the evaluated samples' labels do not matter here)
+    # the reference real clips share the samples' labels; a second real set measures real-vs-real Frechet
     real = make_clips(args.num, config.frames, config.image_size, seed=10_000 + args.seed, labels=labels)
     real_features = video_features(real["video"])
     rows = {"real data": measure(real["video"], labels, real_features)}
@@ -61,6 +61,8 @@ def main(argv=None):
         real_features)
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
+        if model.causal:
+            raise SystemExit(f"error: {path} is a causal student; evaluate.py measures teachers for now")
         start = time.perf_counter()
         video = generate(model, labels, mconfig.frames, args.batch_size, args.seed, steps=args.steps, guidance=args.guidance)
         rows[path] = measure(video, labels, real_features)

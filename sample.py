@@ -8,8 +8,8 @@ guidance (conditional and unconditional halves in one batch). It finishes all fr
 Student: a chunk-causal VideoDiT writes the video chunk by chunk (PAPER.md, "Setting"). For each
 chunk: start from noise, predict the clean chunk, re-noise it to the next level of the chunk's plan,
 repeat; then leave context in the KV cache by the rule of schedule.py. `rollout_chunks` is the *one*
-implementation of this: distill.py trains through it (with gradient on one exit step per chunk) and
-inference streams from it, so training and inference condition on the same context by construction
+implementation of this: distillation (the next milestone) trains through it, with gradient on one exit
+step per chunk, and inference streams from it, so training and inference condition on the same context by construction
 (PAPER.md, "Exposure-bias alignment").
 
 Noise is addressed, not consumed: the noise of (chunk, step) comes from a generator seeded by
@@ -32,7 +32,7 @@ import torch
 
 from data import LABELS, NUM_LABELS, label_index, save_gif, save_npz
 from model import build_model, load_checkpoint
-from schedule import CONTEXT_RULES, PLANS, context_level, validate_plan, warp
+from schedule import CONTEXT_RULES, LAST_LEVEL, PLANS, context_level, validate_plan, warp
 
 CONTEXT_STEP = 1000  # noise address of a chunk's extra context pass (denoising steps use 0, 1, 2, ...)
 
@@ -74,15 +74,17 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, see
 # ----------------------------------------------------------------------------- the causal student
 
 class NoiseSource:
-    """Gaussian noise for a batch, addressed by (chunk, step) under one seed."""
+    """Gaussian noise for a batch, addressed by (chunk, step) under one seed. Drawn on the device
+    itself (no host-to-device copy in the sampling loop), so the numbers differ between devices."""
 
     def __init__(self, seed, batch_size, config, device):
-        self.seed, self.device = seed, device
+        self.seed, self.device = seed, torch.device(device)
         self.shape = (batch_size, config.chunk_frames, 3, config.image_size, config.image_size)
 
     def __call__(self, chunk_index, step):
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + chunk_index) * 1_009 + step)
-        return torch.randn(self.shape, generator=generator).to(self.device)
+        assert 0 <= step <= CONTEXT_STEP < 1_009, "steps must stay below 1009 to keep addresses apart"
+        generator = torch.Generator(self.device).manual_seed((self.seed * 1_000_003 + chunk_index) * 1_009 + step)
+        return torch.randn(self.shape, generator=generator, device=self.device)
 
 
 def renoise(clean, level, noise):
@@ -93,8 +95,10 @@ class StreamingStep:
     """One forward pass of the student against its KV cache, returning the predicted clean frames.
 
     Eager (CPU, MPS, or --graph 0): the frame offset is a Python int, so attention covers only the
-    cache slots in use. Graph (CUDA): every input lives in a static buffer, the offset is a tensor,
-    and each input length (one chunk, or two when fused) is captured once and then replayed.
+    cache slots in use. Graph (CUDA): video, noise levels and offset are copied into static buffers,
+    the offset is a tensor, and each input length (one chunk, or two when fused) is captured once and
+    then replayed. The model, labels and KV cache are baked into the graphs by address: a step
+    belongs to one stream (reset its cache to start another).
     """
 
     def __init__(self, model, kv_cache, labels, graph=False):
@@ -135,13 +139,13 @@ class StreamingStep:
         return graph, inputs, output
 
 
-def make_plan(name, num_chunks):
+def plan_by_name(name, num_chunks):
     if name not in PLANS:
         raise SystemExit(f"error: unknown plan {name!r}; use one of {', '.join(PLANS)}")
     return PLANS[name](num_chunks)
 
 
-def rollout_chunks(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=warp(0.1)):
+def rollout_chunks(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=LAST_LEVEL):
     """Generate len(plan) chunks one after another and yield each clean chunk [B, chunk_frames, 3, H, W].
 
     exit_steps: None for inference (every step, no gradient). For training, one step index per chunk:
@@ -174,22 +178,24 @@ def rollout_chunks(model, plan, context, labels, noise, exit_steps=None, kv_cach
         yield clean
 
 
-def rollout(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=warp(0.1)):
+def rollout(model, plan, context, labels, noise, exit_steps=None, kv_cache=None, renoise_level=LAST_LEVEL):
     """The whole video of `rollout_chunks`: [B, len(plan) * chunk_frames, 3, H, W]."""
     return torch.cat(list(rollout_chunks(model, plan, context, labels, noise, exit_steps, kv_cache, renoise_level)), 1)
 
 
 @torch.no_grad()
-def fused_chunks(model, plan, context, labels, noise, kv_cache=None, renoise_level=warp(0.1), graph=False):
+def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, graph=False, step=None):
     """The same chunks as `rollout_chunks` (inference), in fewer sequential passes: the pass that writes
-    chunk k's final cache entry also runs chunk k+1's first step."""
+    chunk k's final cache entry also runs chunk k+1's first step. Pass a `StreamingStep` to reuse its
+    cache and captured graphs across videos (its cache is reset here)."""
     validate_plan(plan)
     c = model.config
     if context == "last" and any(len(levels) < 2 for levels in plan[1:]):
         raise ValueError("the fused sampler with context 'last' needs at least 2 steps per chunk after the first; "
                          "use --sampler sequential")
-    kv_cache = kv_cache if kv_cache is not None else model.new_cache(len(labels))
-    step = StreamingStep(model, kv_cache, labels, graph)
+    if step is None:
+        step = StreamingStep(model, model.new_cache(len(labels)), labels, graph)
+    step.kv_cache.reset()
     B, Fc = len(labels), c.chunk_frames
     full = lambda level, frames=Fc: torch.full((B, frames), level, device=labels.device)
     pending = None  # (input, level, chunk index, is a denoising step) of the pass that will finish chunk k's cache
@@ -230,7 +236,7 @@ def stream(model, labels, num_frames, plan_name="diagonal", context="last", samp
     c = model.config
     device = labels.device
     num_chunks = -(-num_frames // c.chunk_frames)
-    plan = make_plan(plan_name, num_chunks)
+    plan = plan_by_name(plan_name, num_chunks)
     noise = NoiseSource(seed, len(labels), c, device)
     if graph is None:
         graph = device.type == "cuda"
@@ -284,9 +290,9 @@ def main(argv=None):
         chunks = []
         for chunk in stream(model, labels, frames, args.plan, args.context, args.sampler, args.seed,
                             None if args.graph is None else bool(args.graph)):
-            if not chunks:
-                latency = time.perf_counter() - start
             chunks.append(chunk.float().cpu())
+            if len(chunks) == 1:  # a frame is delivered once it is on the host
+                latency = time.perf_counter() - start
         video = torch.cat(chunks, 1)
         how = f"student, {args.plan} plan, {args.context} context, {args.sampler} sampler"
     else:

@@ -27,6 +27,9 @@ def warp(level, shift=SHIFT):
     return shift * level / (1 + (shift - 1) * level)
 
 
+LAST_LEVEL = warp(0.1)  # 0.357: where the diagonal plans end, and the default `renoise` level
+
+
 def make_plan(num_chunks, first_steps, fall=1, floor=2, grid=(1.0, 0.75, 0.5, 0.25), final=0.1, shift=SHIFT):
     """The general constructor. Chunk k runs max(floor, first_steps - fall * k) steps; a chunk with
     n steps uses the first n - 1 levels of `grid`, then `final`, all warped (one step: just grid[0])."""
@@ -75,7 +78,7 @@ def validate_plan(plan):
     return plan
 
 
-def context_level(rule, levels, renoise_level=warp(0.1)):
+def context_level(rule, levels, renoise_level=LAST_LEVEL):
     """The noise level of the extra cache-writing pass after a chunk, or None when there is none."""
     if rule == "clean":
         return 0.0

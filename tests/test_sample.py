@@ -188,3 +188,15 @@ def test_student_cli_fused_and_sequential_write_the_same_stream(tmp_path):
     bad = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "s.pt"), "--plan", "zigzag"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode != 0 and "unknown plan" in bad.stderr
+
+
+def test_bench_prints_a_table_and_a_json_last_line(capsys):
+    import json
+
+    import bench
+    bench.main(["--random", "--preset", os.path.join(ROOT, "config", "tiny.py"), "--repeats", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert {"latency_speedup_vs_teacher", "total_speedup_vs_self_forcing", "student_fps", "sampler_overhead"} <= set(result)
+    table = {line.split()[0]: line.split() for line in lines if line.startswith(("teacher", "self-forcing"))}
+    assert table["teacher"][1:3] == ["100", "50"] and table["self-forcing"][1:3] == ["10", "10"]  # 2 chunks
