@@ -271,8 +271,23 @@ def load_checkpoint(path, device="cpu", expect_config=None):
     return state, config
 
 
+def export_weights(checkpoint_path, out_path):
+    """A small file to ship: the model config and the EMA weights only (no optimiser, no raw weights)."""
+    state, _ = load_checkpoint(checkpoint_path)
+    keep = {k: state[k] for k in ("model_config", "causal", "ema", "step", "train_config") if k in state}
+    save_checkpoint(keep, out_path)
+    print(f"wrote {out_path}: step {keep.get('step')}, {os.path.getsize(out_path) / 2 ** 20:.1f} MB")
+
+
 def build_model(state, config, device="cpu", weights="ema"):
     """A VideoDiT in eval mode with the checkpoint's `ema` (default) or raw `model` weights."""
     model = VideoDiT(config, causal=state.get("causal", False)).to(device)
     model.load_state_dict(state[weights])
     return model.eval().requires_grad_(False)
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python model.py TRAINING_CHECKPOINT OUT.pt   (keeps the config and EMA weights)")
+    export_weights(sys.argv[1], sys.argv[2])

@@ -87,3 +87,13 @@ def test_sample_cli_writes_gif_and_npz(tmp_path):
     assert (tmp_path / "out" / "stream.gif").exists()
     bad_label = run_cli("sample.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--label", "purple blob")
     assert bad_label.returncode != 0 and "unknown label" in bad_label.stderr
+
+
+def test_exported_weights_are_small_and_sample_the_same(tmp_path):
+    from model import export_weights
+    train.main([TINY, f"--out_dir={tmp_path}"])
+    export_weights(str(tmp_path / "ckpt.pt"), str(tmp_path / "small.pt"))
+    assert os.path.getsize(tmp_path / "small.pt") < os.path.getsize(tmp_path / "ckpt.pt") / 2
+    full, small = (build_model(*load_checkpoint(str(tmp_path / name))) for name in ("ckpt.pt", "small.pt"))
+    args = (torch.randn(1, 4, 3, 16, 16), torch.full((1, 4), 0.7), torch.tensor([2]))
+    assert torch.equal(full(*args), small(*args))
