@@ -197,7 +197,7 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
         step = StreamingStep(model, model.new_cache(len(labels)), labels, graph)
     step.kv_cache.reset()
     B, Fc = len(labels), c.chunk_frames
-    full = lambda level, frames=Fc: torch.full((B, frames), level, device=labels.device)
+    full = lambda level: torch.full((B, Fc), level, device=labels.device)  # one chunk's noise levels
     pending = None  # (input, level, chunk index, is a denoising step) of the pass that will finish chunk k's cache
     for chunk_index, levels in enumerate(plan):
         x = noise(chunk_index, 0)
@@ -231,6 +231,7 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
         yield clean
 
 
+@torch.no_grad()
 def stream(model, labels, num_frames, plan_name="diagonal", context="last", sampler="fused", seed=0, graph=None):
     """Yield frames [B, chunk_frames, 3, H, W] in [-1, 1] as each chunk finishes, for any length."""
     c = model.config
@@ -242,18 +243,17 @@ def stream(model, labels, num_frames, plan_name="diagonal", context="last", samp
         graph = device.type == "cuda"
     if graph and device.type != "cuda":
         raise SystemExit("error: --graph 1 needs CUDA; on this device the step runs eagerly (--graph 0)")
-    with torch.no_grad():
-        if sampler == "fused":
-            chunks = fused_chunks(model, plan, context, labels, noise, graph=graph)
-        elif sampler == "sequential":
-            chunks = rollout_chunks(model, plan, context, labels, noise)
-        else:
-            raise SystemExit(f"error: unknown sampler {sampler!r}; use fused or sequential")
-        emitted = 0
-        for chunk in chunks:
-            take = min(c.chunk_frames, num_frames - emitted)
-            emitted += take
-            yield chunk[:, :take]
+    if sampler == "fused":
+        chunks = fused_chunks(model, plan, context, labels, noise, graph=graph)
+    elif sampler == "sequential":
+        chunks = rollout_chunks(model, plan, context, labels, noise)
+    else:
+        raise SystemExit(f"error: unknown sampler {sampler!r}; use fused or sequential")
+    emitted = 0
+    for chunk in chunks:
+        take = min(c.chunk_frames, num_frames - emitted)
+        emitted += take
+        yield chunk[:, :take]
 
 
 def main(argv=None):
