@@ -97,3 +97,13 @@ def test_exported_weights_are_small_and_sample_the_same(tmp_path):
     full, small = (build_model(*load_checkpoint(str(tmp_path / name))) for name in ("ckpt.pt", "small.pt"))
     args = (torch.randn(1, 4, 3, 16, 16), torch.full((1, 4), 0.7), torch.tensor([2]))
     assert torch.equal(full(*args), small(*args))
+
+
+def test_shipped_teacher_loads_and_draws_the_toy_world():
+    from data import cleanliness
+    from sample import sample_teacher
+    state, config = load_checkpoint(os.path.join(ROOT, "assets", "teacher.pt"))
+    assert config.image_size == 32 and config.frames == 16 and not state["causal"]
+    assert os.path.getsize(os.path.join(ROOT, "assets", "teacher.pt")) < 10 * 2 ** 20
+    video = sample_teacher(build_model(state, config), torch.tensor([0, 7]), frames=4, steps=20, seed=0)
+    assert cleanliness(((video + 1) / 2).clamp(0, 1)) > 0.8   # pure noise scores about 0.3
