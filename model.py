@@ -66,17 +66,18 @@ class Rotary3D(nn.Module):
         self.dims = (head_dim - 2 * spatial, spatial, spatial)
         self.base = base
 
-    def angles(self, positions):  # positions [L, 3] -> angles [L, head_dim // 2]
+    def forward(self, positions):  # positions [L, 3] -> (cos, sin), each [L, head_dim // 2]
         parts = []
         for axis, dim in enumerate(self.dims):
             freqs = torch.exp(-math.log(self.base) * torch.arange(0, dim, 2, device=positions.device) / dim)
             parts.append(positions[:, axis, None].float() * freqs)
-        return torch.cat(parts, dim=-1)
+        angles = torch.cat(parts, dim=-1)
+        return angles.cos(), angles.sin()  # once per forward pass, shared by every layer
 
     @staticmethod
-    def rotate(x, angles):  # x [B, H, L, D], angles [L, D/2]
+    def rotate(x, rotary):  # x [B, H, L, D], rotary = (cos, sin) [L, D/2]; rotates pairs (0,1), (2,3), ...
+        cos, sin = rotary
         x1, x2 = x[..., 0::2], x[..., 1::2]
-        cos, sin = angles.cos(), angles.sin()
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
@@ -126,12 +127,12 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(config.width // config.heads)
         self.k_norm = nn.RMSNorm(config.width // config.heads)
 
-    def forward(self, x, angles, mask, kv_cache=None, layer=0, cache_rows=None):
+    def forward(self, x, rotary, mask, kv_cache=None, layer=0, cache_rows=None):
         B, L, D = x.shape
         used_rows = mask.shape[1]
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q = Rotary3D.rotate(self.q_norm(q), angles)
-        k = Rotary3D.rotate(self.k_norm(k), angles)
+        q = Rotary3D.rotate(self.q_norm(q), rotary)
+        k = Rotary3D.rotate(self.k_norm(k), rotary)
         if kv_cache is not None:  # write this call's keys/values, then attend to the whole cache
             kv_cache.write(layer, cache_rows, k, v)
             cached_k = kv_cache.keys[layer, :, :, :used_rows].to(q.dtype)
@@ -156,12 +157,12 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, cond, angles, mask, kv_cache=None, layer=0, cache_rows=None):
+    def forward(self, x, cond, rotary, mask, kv_cache=None, layer=0, cache_rows=None):
         # x [B, F, P, D], cond [B, F, D]: each frame has its own noise level, hence its own modulation
         B, Fr, P, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
-        h = self.attn(h.reshape(B, Fr * P, D), angles, mask, kv_cache, layer, cache_rows).view(B, Fr, P, D)
+        h = self.attn(h.reshape(B, Fr * P, D), rotary, mask, kv_cache, layer, cache_rows).view(B, Fr, P, D)
         x = x + gate1 * h
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.mlp(h)
@@ -215,7 +216,7 @@ class VideoDiT(nn.Module):
         query_chunks = (frame_index // c.chunk_frames).repeat_interleave(self.grid ** 2)
         positions = torch.cat([frame_index.repeat_interleave(self.grid ** 2)[:, None],
                                self.spatial_pos.repeat(Fr, 1)], dim=-1)
-        angles = self.rotary.angles(positions)
+        rotary = self.rotary(positions)
         cache_rows = None
         if kv_cache is None:
             key_chunks = query_chunks
@@ -231,7 +232,7 @@ class VideoDiT(nn.Module):
         x = self.patch_in(self.patchify(video)) + self.spatial_embed
         cond = self.noise_mlp(sincos(noise_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
         for layer, block in enumerate(self.blocks):
-            x = block(x, cond, angles, mask, kv_cache, layer, cache_rows)
+            x = block(x, cond, rotary, mask, kv_cache, layer, cache_rows)
         shift, scale = self.final_modulation(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         clean = self.unpatchify(self.patch_out(self.final_norm(x) * (1 + scale) + shift))
         # The net predicts the clean frames and we return the velocity they imply. With 8x8 patches

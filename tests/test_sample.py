@@ -86,25 +86,22 @@ def test_noise_is_addressed_not_consumed():
     assert torch.equal(noise(3, 1), a) and not torch.equal(noise(3, 2), a)
 
 
-def test_streaming_ten_times_the_training_length_keeps_the_cache_bounded():
+def test_streaming_ten_times_the_training_length_keeps_the_cache_bounded(monkeypatch):
+    import sample
     model = student()
     frames = 10 * CONFIG.frames
-    seen = 0
-    sizes = set()
-    import sample
+    caches = set()
     original = sample.StreamingStep.__call__
 
     def spy(self, video, levels, offset):
-        sizes.add((self.kv_cache.keys.shape, self.kv_cache.keys.data_ptr()))
+        caches.add((self.kv_cache.keys.shape, self.kv_cache.keys.data_ptr()))
         return original(self, video, levels, offset)
-    sample.StreamingStep.__call__ = spy
-    try:
-        for chunk in stream(model, LABELS, frames, "diagonal", "last", "fused", seed=0):
-            assert torch.isfinite(chunk).all()
-            seen += chunk.shape[1]
-    finally:
-        sample.StreamingStep.__call__ = original
-    assert seen == frames and len(sizes) == 1
+    monkeypatch.setattr(sample.StreamingStep, "__call__", spy)
+    seen = 0
+    for chunk in stream(model, LABELS, frames, "diagonal", "last", "fused", seed=0):
+        assert torch.isfinite(chunk).all()
+        seen += chunk.shape[1]
+    assert seen == frames and len(caches) == 1   # one buffer, never reallocated or grown
 
 
 def test_stream_cuts_to_any_length():
