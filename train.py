@@ -230,7 +230,8 @@ def main(argv):
         final = sum(losses[-100:]) / len(losses[-100:])
         print(f"done: {step} steps in {(time.time() - start) / 60:.1f} min, final loss (mean of last 100) {final:.4f}, "
               f"checkpoint {ckpt_path}")
-    if ddp:
+    if ddp:  # wait for rank 0's last checkpoint: a rank that tears down early can abort the others
+        dist.barrier()
         dist.destroy_process_group()
 
 if __name__ == "__main__":
