@@ -8,8 +8,8 @@ Rows (all with the same weights, batch 1):
   diagonal fused       the same frames, chunk k's last pass and chunk k+1's first step in one pass
   fused + cuda graph   the fused passes captured once and replayed (CUDA only)
 
-How it measures (PAPER.md, "Speed claims"; DESIGN.md, "How results are measured"): one warm-up run
-per row, then `--repeats` timed runs, median reported. NFE counts network evaluations of one chunk
+How it measures (PAPER.md, "Speed claims"; DESIGN.md, "How results are measured"): one warm-up round,
+then `--repeats` timed rounds, each running every row once in turn; medians reported. NFE counts network evaluations of one chunk
 (or one guided clip step as 2); "sequential" counts forward passes that must run one after another.
 Latency is wall time from start to the first finished frame (the teacher finishes all frames at
 once); FPS is frames over the whole run. "forward only" replays exactly the forward calls the sampler
@@ -126,26 +126,29 @@ def main(argv=None):
     if device.type == "cuda":
         rows.append(("fused + cuda graph", plan_by_name("diagonal", num_chunks), "last", "fused", True))
 
-    results = {}
-    for name, plan, context, sampler, graph in rows:
-        runs, forward = [], []
-        step = StreamingStep(student, student.new_cache(1), labels, graph)
-        for repeat in range(args.repeats + 1):  # the first run is the warm-up
+    # Rows take turns run by run, so a slow phase of a shared machine hits every row alike.
+    steps = {name: StreamingStep(student, student.new_cache(1), labels, graph) for name, *_, graph in rows}
+    runs = {name: [] for name, *_ in rows}
+    forward = {name: [] for name, *_ in rows}
+    for repeat in range(args.repeats + 1):  # the first round is the warm-up
+        for name, plan, context, sampler, graph in rows:
             if plan is None:
                 latency, total = time_teacher(teacher, labels, frames, device)
             else:
-                latency, total, calls = time_student(student, plan, context, sampler, labels, step, device)
+                latency, total, calls = time_student(student, plan, context, sampler, labels, steps[name], device)
                 if repeat > 0 and not graph:
-                    forward.append(time_forward_only(student, calls, labels, device))
+                    forward[name].append(time_forward_only(student, calls, labels, device))
             if repeat > 0:
-                runs.append((latency, total))
-        latency = statistics.median(r[0] for r in runs)
-        total = statistics.median(r[1] for r in runs)
+                runs[name].append((latency, total))
+    results = {}
+    for name, plan, context, sampler, graph in rows:
+        latency = statistics.median(r[0] for r in runs[name])
+        total = statistics.median(r[1] for r in runs[name])
         results[name] = dict(
             nfe=2 * TEACHER_STEPS if plan is None else forward_passes(plan, context),
             sequential=TEACHER_STEPS if plan is None else sequential_passes(plan, context, sampler == "fused"),
             latency_ms=1000 * latency, total_ms=1000 * total, fps=frames / total,
-            forward_ms=1000 * statistics.median(forward) if forward else float("nan"))
+            forward_ms=1000 * statistics.median(forward[name]) if forward[name] else float("nan"))
     for r in results.values():
         r["latency_x_teacher"] = results["teacher"]["latency_ms"] / r["latency_ms"]
         r["total_x_teacher"] = results["teacher"]["total_ms"] / r["total_ms"]
@@ -157,8 +160,8 @@ def main(argv=None):
     print(f"model: {config.image_size}x{config.image_size}, patch {config.patch_size}, width {config.width}, "
           f"depth {config.depth}, {'random' if args.random else args.ckpt} weights; clip {frames} frames "
           f"in chunks of {config.chunk_frames}; batch 1")
-    print(f"method: 1 warm-up run then {args.repeats} timed runs per row, medians; latency = start to first finished "
-          f"frame; forward only = the same forward calls replayed back to back")
+    print(f"method: 1 warm-up round then {args.repeats} timed rounds (each round runs every row once, in turn), medians; "
+          f"latency = start to first finished frame; forward only = the same forward calls replayed back to back")
     header = ["NFE", "sequential", "latency ms", "FPS", "lat x teacher", "total x teacher", "lat x SF", "total x SF", "forward ms"]
     keys = ["nfe", "sequential", "latency_ms", "fps", "latency_x_teacher", "total_x_teacher",
             "latency_x_self_forcing", "total_x_self_forcing", "forward_ms"]

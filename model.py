@@ -72,13 +72,13 @@ class Rotary3D(nn.Module):
             freqs = torch.exp(-math.log(self.base) * torch.arange(0, dim, 2, device=positions.device) / dim)
             parts.append(positions[:, axis, None].float() * freqs)
         angles = torch.cat(parts, dim=-1)
-        return angles.cos(), angles.sin()  # once per forward pass, shared by every layer
+        return torch.polar(torch.ones_like(angles), angles)  # once per forward pass, shared by every layer
 
     @staticmethod
-    def rotate(x, rotary):  # x [B, H, L, D], rotary = (cos, sin) [L, D/2]; rotates pairs (0,1), (2,3), ...
-        cos, sin = rotary
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    def rotate(x, rotary):  # x [B, H, L, D], rotary [L, D/2] complex; rotates pairs (0,1), (2,3), ...
+        # a pair (a, b) read as the complex number a + ib is rotated by one complex multiplication
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * rotary).flatten(-2).to(x.dtype)
 
 
 class KVCache:
@@ -141,7 +141,7 @@ class Attention(nn.Module):
                 k, v = cached_k.index_copy(2, cache_rows, k), cached_v.index_copy(2, cache_rows, v)
             else:
                 k, v = cached_k, cached_v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -227,7 +227,10 @@ class VideoDiT(nn.Module):
             if isinstance(frame_offset, int):  # streams start at chunk 0 and fill slots in order until the ring wraps
                 used_slots = min(used_slots, (frame_offset + Fr - 1) // c.chunk_frames + 1)
             key_chunks = kv_cache.slot_chunk[:used_slots * kv_cache.tokens_per_chunk]
-        mask = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
+        visible = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
+        # an additive mask, built once per pass: CPU attention converts a boolean mask in every layer,
+        # which cost more than the attention itself at our sizes
+        mask = torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
 
         x = self.patch_in(self.patchify(video)) + self.spatial_embed
         cond = self.noise_mlp(sincos(noise_levels * 1000, c.width)) + self.label_embed(labels)[:, None]

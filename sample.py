@@ -186,8 +186,10 @@ def rollout(model, plan, context, labels, noise, exit_steps=None, kv_cache=None,
 @torch.no_grad()
 def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, graph=False, step=None):
     """The same chunks as `rollout_chunks` (inference), in fewer sequential passes: the pass that writes
-    chunk k's final cache entry also runs chunk k+1's first step. Pass a `StreamingStep` to reuse its
-    cache and captured graphs across videos (its cache is reset here)."""
+    chunk k's final cache entry also runs chunk k+1's first step. With `last`, chunk 0's final pass runs
+    alone, trading one pass of total time for first-frame latency (fusing would make the first frames
+    wait for a pass twice as long). Pass a `StreamingStep` to reuse its cache and captured graphs
+    across videos (its cache is reset here)."""
     validate_plan(plan)
     c = model.config
     if context == "last" and any(len(levels) < 2 for levels in plan[1:]):
@@ -200,12 +202,12 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
     full = lambda level: torch.full((B, Fc), level, device=labels.device)  # one chunk's noise levels
     pending = None  # (input, level, chunk index, is a denoising step) of the pass that will finish chunk k's cache
     for chunk_index, levels in enumerate(plan):
-        x = noise(chunk_index, 0)
+        x, offset = noise(chunk_index, 0), chunk_index * Fc
         if context == "last" and len(levels) == 1:  # (only chunk 0, see above) its one step is its final pass
-            pending = (x, levels[0], chunk_index, True)
+            yield step(x, full(levels[0]), offset)
             continue
         if pending is None:
-            clean = step(x, full(levels[0]), 0)
+            clean = step(x, full(levels[0]), offset)
         else:
             previous_input, previous_level, previous_chunk, denoising = pending
             both = step(torch.cat([previous_input, x], 1),
@@ -213,7 +215,6 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
             if denoising:
                 yield both[:, :Fc]
             clean = both[:, Fc:]
-        offset = chunk_index * Fc
         last_in_loop = len(levels) - 1 if context == "last" else len(levels)
         for j in range(1, last_in_loop):
             x = renoise(clean, levels[j], noise(chunk_index, j))
@@ -221,6 +222,9 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
         if context == "last":
             j = len(levels) - 1
             pending = (renoise(clean, levels[j], noise(chunk_index, j)), levels[j], chunk_index, True)
+            if chunk_index == 0:  # finished alone: the first frames arrive as early as in the sequential sampler
+                yield step(pending[0], full(levels[j]), offset)
+                pending = None
         else:
             yield clean
             level = context_level(context, levels, renoise_level)

@@ -97,8 +97,11 @@ def forward_passes(plan, rule):
 
 def sequential_passes(plan, rule, fused):
     """Passes that must run one after another. Fusing runs chunk k's last cache-writing pass together
-    with chunk k+1's first step (pure noise needs nothing but that cache), saving one per chunk boundary."""
-    return forward_passes(plan, rule) - (len(plan) - 1 if fused else 0)
+    with chunk k+1's first step (pure noise needs nothing but that cache), saving one per chunk boundary,
+    except, with `last`, after chunk 0, whose final pass is its output and runs alone for latency."""
+    if not fused:
+        return forward_passes(plan, rule)
+    return forward_passes(plan, rule) - (len(plan) - 1) + (rule == "last" and len(plan) > 1)
 
 
 def draw(path="assets/schedule.png", num_chunks=8):
@@ -116,8 +119,8 @@ def draw(path="assets/schedule.png", num_chunks=8):
     for ax, (title, plan, rule, fused) in zip(axes, setups):
         column, finished = 0, []
         for chunk_index, levels in enumerate(plan):
-            if fused and chunk_index > 0:
-                column -= 1  # the first step shares the previous chunk's last pass
+            if fused and chunk_index > (rule == "last"):
+                column -= 1  # the first step shares the previous chunk's last pass (with `last`, not chunk 0's)
             extra = context_level(rule, levels)
             cells = list(levels) + ([] if extra is None else [extra])
             for step, level in enumerate(cells):

@@ -31,7 +31,7 @@ def test_forward_pass_counts():
     assert forward_passes(diagonal(7), "last") == 17              # PAPER.md: 17 passes for 7 chunks
     assert forward_passes(uniform(7, steps=4), "clean") == 35      # Self-Forcing: 4 steps + 1 refresh
     assert forward_passes(diagonal(7), "renoise") == 24
-    assert sequential_passes(diagonal(8), "last", fused=True) == 19 - 7
+    assert sequential_passes(diagonal(8), "last", fused=True) == 19 - 6  # chunk 0 finishes alone
     assert sequential_passes(uniform(8), "clean", fused=False) == 40
 
 
