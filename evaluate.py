@@ -1,79 +1,157 @@
 """
 Quality: how much a model's videos look like the toy world, measured by the world itself.
 
-For the real data and for each checkpoint: frame cleanliness (pixels that are background or a palette
-colour), objects per frame, label agreement (seen shape and colour match the label), track jitter
-(mean |acceleration| of object centroids: constant velocity gives ~0, flicker and teleporting give
-pixels), frame-to-frame area change (do objects keep their size) and a Frechet distance between
-per-video features of model and real clips. Fixed seeds; the sample count is printed.
+One table for the real data, the teacher (many Euler steps with guidance) and each student (its own
+plan and context rule, read from its checkpoint):
 
-    python evaluate.py --ckpt assets/teacher.pt --num 256
+- NFE: network evaluations per 16-frame video (guidance counts 2 per step).
+- cleanliness: pixels that are background or a palette colour; objects/frame and its error against
+  the real data; label agreement (seen shape and colour match the label); track jitter (mean
+  |acceleration| of object centroids); area change of matched objects from frame to frame.
+- Frechet distance between per-video features of model and real clips (data.py).
+- motion (flow.py): amplitude ratio to the real data, coherence.
+- drift over a rollout 10x the training length (students only; PAPER.md, "Exposure-bias alignment"):
+  slope of the mean colour saturation per 100 frames, and its last quarter over its first quarter
+  (1 = no drift; oversaturation shows as > 1).
+
+Plus two pictures: quality over time on long rollouts (the paper's "average quality over time"
+figure) and NFE against Frechet distance. Fixed seeds; the sample counts are printed; a JSON last line.
+
+    python evaluate.py --ckpt assets/teacher.pt assets/student.pt --num 256
 """
 import argparse
 import json
+import os
 import time
 
 import torch
 from tqdm import tqdm
 
-from data import NUM_LABELS, frame_objects, frechet_distance, make_clips, video_features, world_metrics
+from data import NUM_LABELS, frame_objects, frechet_distance, make_clips, nearest_color, video_features, world_metrics
+from flow import motion_metrics
 from model import build_model, load_checkpoint
-from sample import pick_device, sample_teacher
+from sample import pick_device, plan_by_name, sample_teacher, stream
+from schedule import forward_passes
 
 
-def measure(video, labels, real_features):
+def saturation(video):
+    """Mean colour saturation per frame [N, F, 3, H, W] -> [F]: max minus min channel, averaged."""
+    return (video.amax(2) - video.amin(2)).mean((0, 2, 3))
+
+
+def measure(video, labels, real):
     objects = frame_objects(video)
     metrics = world_metrics(video, labels, objects)
-    metrics["frechet"] = frechet_distance(video_features(video, objects), real_features)
+    metrics["frechet"] = frechet_distance(video_features(video, objects), real["features"])
+    metrics.update(motion_metrics(video, objects))
+    metrics["amplitude_ratio"] = metrics["amplitude"] / real["amplitude"]
+    metrics["object_error"] = abs(metrics["objects_per_frame"] - real["objects_per_frame"]) / real["objects_per_frame"]
     return metrics
 
 
-def generate(model, labels, frames, batch_size, seed, **sampler_args):
-    """Sample in batches (seeded per batch) and return videos in [0, 1] on the CPU."""
+def drift(video):
+    """Saturation drift of long videos: least-squares slope per 100 frames, last quarter / first quarter."""
+    per_frame = saturation(video)
+    frames = torch.arange(len(per_frame), dtype=torch.float32)
+    slope = ((frames - frames.mean()) * (per_frame - per_frame.mean())).sum() / (frames - frames.mean()).square().sum()
+    quarter = len(per_frame) // 4
+    return dict(saturation_slope=100 * slope.item(), saturation_drift=(per_frame[-quarter:].mean() / per_frame[:quarter].mean()).item())
+
+
+def generate(model, state, labels, frames, batch_size, seed, steps, guidance):
+    """Videos in [0, 1] on the CPU, in seeded batches: Euler sampling for a teacher, streaming for a
+    student (with the plan and context rule it was distilled for)."""
     device = next(model.parameters()).device
     videos = []
-    for start in tqdm(range(0, len(labels), batch_size), desc="sampling", leave=False):
+    for start in tqdm(range(0, len(labels), batch_size), desc=f"sampling {frames} frames", leave=False):
         batch = labels[start:start + batch_size].to(device)
-        video = sample_teacher(model, batch, frames, seed=seed + start, **sampler_args)
+        if model.causal:
+            recipe = state["train_config"]
+            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + start)), 1)
+        else:
+            video = sample_teacher(model, batch, frames, steps=steps, guidance=guidance, seed=seed + start)
         videos.append(((video.float().cpu() + 1) / 2).clamp(0, 1))
     return torch.cat(videos)
 
 
+def plot(rows, long_videos, real_long, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out_dir, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, video in {"real data": real_long, **long_videos}.items():
+        clean = (nearest_color(video) != -2).float().mean((0, 2, 3))
+        axes[0].plot(clean, label=name, lw=1)
+        axes[1].plot(saturation(video), label=name, lw=1)
+    axes[0].set(xlabel="frame", ylabel="frame cleanliness", title="quality over a long rollout")
+    axes[1].set(xlabel="frame", ylabel="mean colour saturation", title="saturation drift")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "quality_over_time.png"), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, metrics in rows.items():
+        if "nfe" in metrics:
+            ax.scatter(metrics["nfe"], metrics["frechet"])
+            ax.annotate(os.path.basename(name), (metrics["nfe"], metrics["frechet"]), fontsize=7)
+    ax.set(xscale="log", xlabel="NFE per 16-frame video", ylabel="Frechet distance to real data (lower is better)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "nfe_quality.png"), dpi=100)
+    print(f"wrote {out_dir}/quality_over_time.png and {out_dir}/nfe_quality.png")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="World metrics of real clips and of checkpoints.")
-    parser.add_argument("--ckpt", nargs="+", default=["assets/teacher.pt"])
-    parser.add_argument("--num", type=int, default=256)
+    parser = argparse.ArgumentParser(description="World metrics of real clips, a teacher and students.")
+    parser.add_argument("--ckpt", nargs="+", default=["assets/teacher.pt", "assets/student.pt"])
+    parser.add_argument("--num", type=int, default=256, help="samples per row")
+    parser.add_argument("--long_num", type=int, default=32, help="samples per student for the 10x-long rollouts")
+    parser.add_argument("--long_factor", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="teacher: guidance scale")
+    parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
     device = pick_device()
     models = [(path, *load_checkpoint(path, device)) for path in args.ckpt]
     config = models[0][2]
+    if any(m[2] != config for m in models):
+        raise SystemExit("error: the checkpoints have different model configs; evaluate one world size at a time")
     labels = torch.arange(args.num) % NUM_LABELS
-    # the reference real clips share the samples' labels; a second real set measures real-vs-real Frechet
-    real = make_clips(args.num, config.frames, config.image_size, seed=10_000 + args.seed, labels=labels)
-    real_features = video_features(real["video"])
-    rows = {"real data": measure(real["video"], labels, real_features)}
-    rows["real data"]["frechet"] = frechet_distance(
-        video_features(make_clips(args.num, config.frames, config.image_size, seed=20_000 + args.seed, labels=labels)["video"]),
-        real_features)
+    # the reference real clips share the samples' labels; a second real set gives the real-vs-real row
+    reference = make_clips(args.num, config.frames, config.image_size, seed=10_000 + args.seed, labels=labels)["video"]
+    real = dict(features=video_features(reference), amplitude=motion_metrics(reference)["amplitude"],
+                objects_per_frame=world_metrics(reference, labels)["objects_per_frame"])
+    second = make_clips(args.num, config.frames, config.image_size, seed=20_000 + args.seed, labels=labels)["video"]
+    rows = {"real data": measure(second, labels, real)}
+    long_frames = args.long_factor * config.frames
+    long_labels = torch.arange(args.long_num) % NUM_LABELS
+    real_long = make_clips(args.long_num, long_frames, config.image_size, seed=30_000 + args.seed, labels=long_labels)["video"]
+    rows["real data"].update(drift(real_long))
+    long_videos = {}
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
-        if model.causal:
-            raise SystemExit(f"error: {path} is a causal student; evaluate.py measures teachers for now")
         start = time.perf_counter()
-        video = generate(model, labels, mconfig.frames, args.batch_size, args.seed, steps=args.steps, guidance=args.guidance)
-        rows[path] = measure(video, labels, real_features)
-        rows[path]["nfe"] = args.steps * (2 if args.guidance != 1 else 1)
+        video = generate(model, state, labels, mconfig.frames, args.batch_size, args.seed, args.steps, args.guidance)
+        rows[path] = measure(video, labels, real)
         rows[path]["seconds"] = time.perf_counter() - start
+        if model.causal:
+            recipe = state["train_config"]
+            plan = plan_by_name(recipe["plan"], -(-mconfig.frames // mconfig.chunk_frames))
+            rows[path]["nfe"] = forward_passes(plan, recipe["context"])
+            long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps, args.guidance)
+            rows[path].update(drift(long_videos[path]))
+        else:
+            rows[path]["nfe"] = args.steps * (2 if args.guidance != 1 else 1)
 
-    print(f"{args.num} samples per row, seed {args.seed}, device {device}; real data Frechet = a second real set against the reference")
-    columns = ["cleanliness", "objects_per_frame", "objects_std", "label_agreement", "track_jitter", "area_change", "frechet"]
-    print(f"{'':28s}" + "".join(f"{c:>18s}" for c in columns))
+    print(f"{args.num} samples per row ({args.long_num} for the {long_frames}-frame drift rollouts), seed {args.seed}, "
+          f"device {device}; the real-data row is a second real set against the reference")
+    columns = ["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter", "area_change",
+               "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift"]
+    print(f"{'':24s}" + "".join(f"{c[:15]:>16s}" for c in columns))
     for name, metrics in rows.items():
-        print(f"{name[-28:]:28s}" + "".join(f"{metrics[c]:18.3f}" for c in columns))
+        print(f"{name[-24:]:24s}" + "".join(f"{metrics.get(c, float('nan')):16.3f}" for c in columns))
+    plot(rows, long_videos, real_long, args.plot_dir)
     print(json.dumps({name: {k: round(v, 4) for k, v in m.items()} for name, m in rows.items()}))
 
 

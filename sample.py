@@ -8,9 +8,9 @@ guidance (conditional and unconditional halves in one batch). It finishes all fr
 Student: a chunk-causal VideoDiT writes the video chunk by chunk (PAPER.md, "Setting"). For each
 chunk: start from noise, predict the clean chunk, re-noise it to the next level of the chunk's plan,
 repeat; then leave context in the KV cache by the rule of schedule.py. `rollout_chunks` is the *one*
-implementation of this: distillation (the next milestone) trains through it, with gradient on one exit
-step per chunk, and inference streams from it, so training and inference condition on the same context by construction
-(PAPER.md, "Exposure-bias alignment").
+implementation of this: distillation (distill.py) trains through it, with gradient on one exit
+step per chunk, and inference streams from it, so training and inference condition on the same
+context by construction (PAPER.md, "Exposure-bias alignment").
 
 Noise is addressed, not consumed: the noise of (chunk, step) comes from a generator seeded by
 (seed, chunk, step), so any sampler, in any order, draws the same numbers.
@@ -278,10 +278,10 @@ def main(argv=None):
     if args.num < 1 or (args.frames is not None and args.frames < 1):
         raise SystemExit("error: --num and --frames must be at least 1")
     if args.ckpt is None:
-        args.ckpt = "assets/student.pt"
+        args.ckpt = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "student.pt")
         if not os.path.isfile(args.ckpt):
-            raise SystemExit("error: no shipped student yet (assets/student.pt comes with distillation); "
-                             "for now sample the teacher: python sample.py --ckpt assets/teacher.pt")
+            raise SystemExit(f"error: the shipped student {args.ckpt} is missing; restore it from git or distill one: "
+                             f"python distill.py config/distill_cpu.py")
 
     device = torch.device(pick_device())
     state, config = load_checkpoint(args.ckpt, device)

@@ -5,7 +5,7 @@ Rectified flow (PAPER.md, "Setting"): mix a clean clip x0 with Gaussian noise ep
 x_s = (1 - s) x0 + s eps, and regress the velocity v = eps - x0. Every frame of a clip gets the same
 level here (the teacher is a plain video diffusion model); the label is dropped 10% of the time so
 that sampling can use classifier-free guidance. The result is the "undistilled model" that the
-distilled student (the next milestone) is measured against.
+distilled student (distill.py) is measured against.
 
     python train.py config/cpu.py                    # a laptop run (see README for time and loss)
     python train.py config/cpu.py --steps=500 --lr=1e-3
@@ -128,16 +128,20 @@ def flow_matching_loss(model, video, labels, config, generator):
     return ((clean - video) / s.clamp(min=0.05)).square().mean()
 
 
-def plot_losses(losses, path):
+def plot_losses(losses, path, ylabel="flow-matching loss"):
+    """losses: a list of floats, or {name: list} for several curves (each smoothed over ~1/50 of its length)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(losses, alpha=0.3, label="loss")
-    window = max(1, len(losses) // 50)
-    smooth = torch.tensor(losses).unfold(0, window, 1).mean(1) if len(losses) >= window else torch.tensor(losses)
-    ax.plot(range(window - 1, window - 1 + len(smooth)), smooth, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log")
+    for name, values in (losses if isinstance(losses, dict) else {"loss": losses}).items():
+        if not values:
+            continue
+        window = max(1, len(values) // 50)
+        smooth = torch.tensor(values).unfold(0, window, 1).mean(1)
+        line, = ax.plot(values, alpha=0.25)
+        ax.plot(range(window - 1, window - 1 + len(smooth)), smooth, color=line.get_color(), label=f"{name} (mean of {window})")
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

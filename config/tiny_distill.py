@@ -1,0 +1,11 @@
+# Seconds-long distillation for the tests: pass --teacher=PATH of a config/tiny.py teacher.
+ode_steps = 2
+dmd_steps = 2
+ode_pairs = 4
+teacher_steps = 2
+batch_size = 2
+critic_updates = 2
+eval_interval = 2
+threads = 1
+out_dir = "out/tiny_distill"
+pairs_path = "out/tiny_distill/ode_pairs.pt"

@@ -1,0 +1,132 @@
+"""Distillation: resume equals an uninterrupted run (across the stage boundary), DDP runs, the teacher's
+kept states lie on its ODE path, the alignment switch changes what training conditions on, clear errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import distill
+import train
+from model import VideoDiT, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "config", "tiny.py")
+TINY_DISTILL = os.path.join(ROOT, "config", "tiny_distill.py")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train.main([TINY, f"--out_dir={out}"])
+    return str(out / "ckpt.pt")
+
+
+def tiny_args(teacher, out, *extra):
+    return [TINY_DISTILL, f"--teacher={teacher}", f"--out_dir={out}", f"--pairs_path={out / 'pairs.pt'}", *extra]
+
+
+def test_resume_equals_uninterrupted_distillation(teacher, tmp_path, monkeypatch):
+    distill.main(tiny_args(teacher, tmp_path / "straight"))
+    real_save = distill.save_checkpoint
+
+    def save_then_crash(state, path):  # dies right after the step-2 checkpoint: the end of stage 1
+        real_save(state, path)
+        if state.get("step") == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(distill, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        distill.main(tiny_args(teacher, tmp_path / "resumed"))
+    monkeypatch.setattr(distill, "save_checkpoint", real_save)
+    distill.main(tiny_args(teacher, tmp_path / "resumed", "--resume=1"))
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4 and a["losses"] == b["losses"]
+    assert len(a["losses"]["ode"]) == 2 and len(a["losses"]["dmd"]) == 2
+    for key in ("student", "ema", "critic"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    # the student moved away from the teacher it started as, and it is a causal model that sample.py streams
+    teacher_weights = torch.load(teacher, weights_only=False)["ema"]
+    assert any(not torch.equal(a["student"][n], teacher_weights[n]) for n in teacher_weights)
+    assert a["causal"] is True and (tmp_path / "straight" / "loss.png").exists()
+
+
+def test_resume_takes_new_learning_rates(teacher, tmp_path):
+    distill.main(tiny_args(teacher, tmp_path, "--dmd_steps=1"))
+    distill.main(tiny_args(teacher, tmp_path, "--resume=1", "--lr=3e-6", "--critic_lr=7e-6"))
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert state["step"] == 4
+    assert [g["lr"] for g in state["generator_optimizer"]["param_groups"]] == [3e-6]
+    assert [g["lr"] for g in state["critic_optimizer"]["param_groups"]] == [7e-6]
+
+
+def test_ddp_two_cpu_processes(teacher, tmp_path):
+    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "distill.py", *tiny_args(teacher, tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    state, _ = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert state["step"] == 4 and all(torch.isfinite(torch.tensor(v)).all() for v in state["losses"].values())
+
+
+def test_teacher_states_lie_on_its_ode_path(teacher):
+    # A fresh VideoDiT predicts clean = 0 (zero-initialised output layer), so its ODE is dx/ds = x / s,
+    # solved by x(s) = s * x(1), and Euler steps follow it exactly: every kept state must be level * noise.
+    state, config = load_checkpoint(teacher)
+    model = VideoDiT(config).eval()
+    labels = torch.tensor([0, 1])
+    keep = {1.0, 0.7, 0.3}
+    states = distill.teacher_trajectories(model, labels, config.frames, keep, steps=5, guidance=3.0, seed=0)
+    assert set(states) == keep | {0.0}
+    for level in keep:
+        assert torch.allclose(states[level], level * states[1.0], atol=1e-5), level
+    assert states[0.0].abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("align, expected", [(1, "last"), (0, "clean")])
+def test_align_switch_sets_the_training_context(teacher, tmp_path, monkeypatch, align, expected):
+    seen = []
+    real_rollout = distill.rollout
+
+    def recording_rollout(model, plan, context, *args, **kwargs):
+        if model.training:  # the training rollouts; the GIF at checkpoints streams with the inference rule
+            seen.append(context)
+        return real_rollout(model, plan, context, *args, **kwargs)
+    monkeypatch.setattr(distill, "rollout", recording_rollout)
+    distill.main(tiny_args(teacher, tmp_path, f"--align={align}", "--context=last"))
+    assert seen and set(seen) == {expected}
+
+
+def test_clear_errors(teacher, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "distill.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad_context = run(*tiny_args(teacher, tmp_path, "--context=dirty"))
+    assert bad_context.returncode != 0 and "unknown context" in bad_context.stderr.strip().splitlines()[-1]
+    missing = run(*tiny_args(tmp_path / "nope.pt", tmp_path))
+    assert missing.returncode != 0 and "no checkpoint at" in missing.stderr.strip().splitlines()[-1]
+    distill.main(tiny_args(teacher, tmp_path / "student"))
+    from_student = run(*tiny_args(tmp_path / "student" / "ckpt.pt", tmp_path / "again"))
+    assert from_student.returncode != 0 and "causal student" in from_student.stderr.strip().splitlines()[-1]
+
+
+def test_shipped_student_streams_the_toy_world(tmp_path):
+    from data import frame_objects, world_metrics
+    from model import build_model
+    from sample import stream
+    teacher_state, teacher_config = load_checkpoint(os.path.join(ROOT, "assets", "teacher.pt"))
+    state, config = load_checkpoint(os.path.join(ROOT, "assets", "student.pt"))
+    assert config == teacher_config and state["causal"] and not teacher_state["causal"]
+    assert os.path.getsize(os.path.join(ROOT, "assets", "student.pt")) < 10 * 2 ** 20
+    student = build_model(state, config)
+    labels = torch.arange(0, 18, 3)  # every shape, every colour
+    video = ((torch.cat(list(stream(student, labels, 16, seed=0)), 1) + 1) / 2).clamp(0, 1)
+    metrics = world_metrics(video, labels, frame_objects(video))
+    assert metrics["cleanliness"] > 0.9                    # noise scores about 0.3
+    assert 0.8 < metrics["objects_per_frame"] < 3.0        # real clips: 1.55
+    # and `python sample.py` with no arguments streams from it
+    result = subprocess.run([sys.executable, "sample.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "stream.gif").exists() and (tmp_path / "stream.npz").exists()
