@@ -259,6 +259,7 @@ def main(argv):
         index = torch.randint(config.ode_pairs, (config.batch_size,), generator=generator).to(device)
         states = {level: s[index] for level, s in pairs["states"].items()}
         return ode_loss(student, states, plan, train_context, pairs["labels"][index], generator)
+
     if master:
         print(f"distill: {config.teacher} -> {config.out_dir}; plan {config.plan} {[len(l) for l in plan]}, context "
               f"{config.context} (training with {train_context}), flow loss {config.flow_weight} x {config.flow_repr}; "
