@@ -22,6 +22,7 @@ the sampling loop itself costs. Speed does not depend on training, hence --rando
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -33,6 +34,15 @@ from model import VideoDiT, load_checkpoint
 from sample import NoiseSource, StreamingStep, fused_chunks, pick_device, plan_by_name, rollout_chunks, sample_teacher
 from schedule import forward_passes, sequential_passes
 from train import TrainConfig, model_config, parse_config
+
+
+def cpu_name():
+    """The CPU model and the vector instructions torch uses on it: small student passes pay a fixed cost
+    per op that varies far more between CPUs than the teacher's large matrix products do."""
+    name = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), name)
+    return f"{name} CPU, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def sync(device):
@@ -155,7 +165,7 @@ def main(argv=None):
         r["latency_x_self_forcing"] = results["self-forcing"]["latency_ms"] / r["latency_ms"]
         r["total_x_self_forcing"] = results["self-forcing"]["total_ms"] / r["total_ms"]
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"model: {config.image_size}x{config.image_size}, patch {config.patch_size}, width {config.width}, "
           f"depth {config.depth}, {'random' if args.random else args.ckpt} weights; clip {frames} frames "

@@ -53,6 +53,15 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "loss.png").exists() and list(tmp_path.glob("samples_*.gif"))
 
 
+def test_bf16_autocast_only_on_cpus_with_bf16_units(tmp_path, monkeypatch, capsys):
+    # without bf16 units the CPU emulates bf16, about 10x slower than float32, so training must not use it
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for has_units, expected in ((False, "float32"), (True, "bf16 autocast")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_units)
+        train.main([TINY, "--bf16=1", "--steps=1", f"--out_dir={tmp_path / str(has_units)}"])
+        assert f"{expected}, from step 0" in capsys.readouterr().out
+
+
 def test_ddp_two_cpu_processes(tmp_path):
     result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", TINY,
                              f"--out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=240)
