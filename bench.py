@@ -41,7 +41,8 @@ def cpu_name():
     per op that varies far more between CPUs than the teacher's large matrix products do."""
     name = platform.processor() or platform.machine()
     if os.path.isfile("/proc/cpuinfo"):
-        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), name)
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
     return f"{name} CPU, {torch.backends.cpu.get_cpu_capability()}"
 
 

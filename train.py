@@ -92,7 +92,8 @@ def parse_config(config, argv):
             if not os.path.isfile(arg):
                 raise SystemExit(f"error: no preset file {arg!r}; presets live in config/")
             preset = {}
-            exec(open(arg).read(), {}, preset)
+            with open(arg) as file:
+                exec(file.read(), {}, preset)
             for key, value in preset.items():
                 assign(key, value, arg)
     return config

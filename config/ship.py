@@ -1,4 +1,5 @@
-# The run that makes the shipped teacher, assets/teacher.pt (about 1.5 hours on 2 CPU cores with bf16).
+# The run that makes the shipped teacher, assets/teacher.pt: about 80 minutes on 2 cores of a CPU with
+# AVX512-BF16, about 3.6 hours on 2 AVX2 cores in float32 (README, "How the presets were chosen").
 # Default model size: 32x32 frames in 4x4 patches (64 tokens a frame, 1024 a clip), width 128, depth 4.
 # Run it in the background and resume it if it stops:
 #   nohup python train.py config/ship.py > ship.log 2>&1 &
