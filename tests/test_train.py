@@ -39,6 +39,20 @@ def test_resume_equals_uninterrupted_training(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "resumed" / "ckpt.pt.tmp")
 
 
+def test_short_clips_first_then_full_length(tmp_path, monkeypatch):
+    lengths = []
+    real_make_clips = train.make_clips
+
+    def recording_make_clips(num, frames, *args, **kwargs):
+        lengths.append(frames)
+        return real_make_clips(num, frames, *args, **kwargs)
+    monkeypatch.setattr(train, "make_clips", recording_make_clips)
+    train.main([TINY, "--short_frames=2", "--short_steps=3", f"--out_dir={tmp_path}"])
+    assert lengths == [2, 2, 2, 4]
+    state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert config.frames == 4 and all(torch.isfinite(torch.tensor(state["losses"])))
+
+
 def test_checkpoint_round_trip(tmp_path):
     train.main([TINY, f"--out_dir={tmp_path}"])
     state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
@@ -81,6 +95,8 @@ def test_clear_errors(tmp_path):
     assert unknown.returncode != 0 and "unknown setting 'widht'" in unknown.stderr
     wrong_type = run_cli("train.py", TINY, "--steps=many")
     assert wrong_type.returncode != 0 and "steps must be int" in wrong_type.stderr
+    no_short_length = run_cli("train.py", TINY, "--short_steps=2")
+    assert no_short_length.returncode != 0 and "needs short_frames" in no_short_length.stderr
     no_preset = run_cli("train.py", "config/nope.py")
     assert no_preset.returncode != 0 and "no preset file" in no_preset.stderr
 
