@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
+import distill
 import train
-from model import build_model, load_checkpoint
+from model import VideoDiT, build_model, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "config", "tiny.py")
@@ -132,3 +133,16 @@ def test_shipped_teacher_loads_and_draws_the_toy_world():
     assert os.path.getsize(os.path.join(ROOT, "assets", "teacher.pt")) < 10 * 2 ** 20
     video = sample_teacher(build_model(state, config), torch.tensor([0, 7]), frames=4, steps=20, seed=0)
     assert cleanliness(((video + 1) / 2).clamp(0, 1)) > 0.8   # pure noise scores about 0.3
+
+
+@pytest.mark.parametrize("preset", sorted(os.listdir(os.path.join(ROOT, "config"))))
+def test_every_preset_parses_and_builds_its_model(preset):
+    # a typo or a wrongly typed value in a preset fails here, not an hour into someone's run
+    path = os.path.join(ROOT, "config", preset)
+    if "distill" in preset:
+        config = train.parse_config(distill.DistillConfig(), [path])
+        assert config.dmd_steps > 0 and config.lr > 0
+    else:
+        config = train.parse_config(train.TrainConfig(), [path])
+        assert 0 < config.warmup < config.steps and config.lr > 0
+        VideoDiT(train.model_config(config))
