@@ -129,19 +129,19 @@ class Attention(nn.Module):
 
     def forward(self, x, rotary, mask, kv_cache=None, layer=0, cache_rows=None):
         B, L, D = x.shape
-        used_rows = mask.shape[1]
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q = Rotary3D.rotate(self.q_norm(q), rotary)
         k = Rotary3D.rotate(self.k_norm(k), rotary)
         if kv_cache is not None:  # write this call's keys/values, then attend to the whole cache
             kv_cache.write(layer, cache_rows, k, v)
+            used_rows = mask.shape[1]
             cached_k = kv_cache.keys[layer, :, :, :used_rows].to(q.dtype)
             cached_v = kv_cache.values[layer, :, :, :used_rows].to(q.dtype)
             if torch.is_grad_enabled():  # training through a rollout: this call's own K/V keep their gradient
                 k, v = cached_k.index_copy(2, cache_rows, k), cached_v.index_copy(2, cache_rows, v)
             else:
                 k, v = cached_k, cached_v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -217,20 +217,20 @@ class VideoDiT(nn.Module):
         positions = torch.cat([frame_index.repeat_interleave(self.grid ** 2)[:, None],
                                self.spatial_pos.repeat(Fr, 1)], dim=-1)
         rotary = self.rotary(positions)
-        cache_rows = None
-        if kv_cache is None:
+        cache_rows, mask = None, None  # the teacher sees every token: no mask, and CPU attention is faster without one
+        if self.causal or kv_cache is not None:
             key_chunks = query_chunks
-        else:
-            cache_rows = kv_cache.token_slots(frame_index[::c.chunk_frames] // c.chunk_frames)
-            kv_cache.slot_chunk.index_copy_(0, cache_rows, query_chunks)
-            used_slots = kv_cache.num_slots
-            if isinstance(frame_offset, int):  # streams start at chunk 0 and fill slots in order until the ring wraps
-                used_slots = min(used_slots, (frame_offset + Fr - 1) // c.chunk_frames + 1)
-            key_chunks = kv_cache.slot_chunk[:used_slots * kv_cache.tokens_per_chunk]
-        visible = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
-        # an additive mask, built once per pass: CPU attention converts a boolean mask in every layer,
-        # which cost more than the attention itself at our sizes
-        mask = torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
+            if kv_cache is not None:
+                cache_rows = kv_cache.token_slots(frame_index[::c.chunk_frames] // c.chunk_frames)
+                kv_cache.slot_chunk.index_copy_(0, cache_rows, query_chunks)
+                used_slots = kv_cache.num_slots
+                if isinstance(frame_offset, int):  # streams start at chunk 0 and fill slots in order until the ring wraps
+                    used_slots = min(used_slots, (frame_offset + Fr - 1) // c.chunk_frames + 1)
+                key_chunks = kv_cache.slot_chunk[:used_slots * kv_cache.tokens_per_chunk]
+            visible = chunk_visibility(query_chunks, key_chunks, self.causal, c.window_chunks, c.sink_chunks)
+            # an additive mask, built once per pass: CPU attention converts a boolean mask in every
+            # layer, which cost more than the attention itself at our sizes
+            mask = torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
 
         x = self.patch_in(self.patchify(video)) + self.spatial_embed
         cond = self.noise_mlp(sincos(noise_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
