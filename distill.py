@@ -22,6 +22,7 @@ context while inference uses the plan's rule: the mismatch of PAPER.md), --flow_
     python distill.py config/distill_cpu.py --resume=1
     torchrun --nproc_per_node=2 distill.py config/tiny_distill.py
 """
+import hashlib
 import math
 import os
 import sys
@@ -118,7 +119,10 @@ def teacher_trajectories(teacher, labels, frames, keep_levels, steps, guidance, 
 def ode_pairs(teacher, config, num_chunks, device, master):
     """Stage 1 data: teacher trajectories kept at every level any plan or context rule uses, so that
     runs with other plans (the ablations) share one cache file when they share the teacher."""
-    made_with = dict(teacher=os.path.abspath(config.teacher), pairs=config.ode_pairs, teacher_steps=config.teacher_steps,
+    # keyed on the teacher's bytes, not its path: a retrained assets/teacher.pt must not reuse old pairs
+    with open(config.teacher, "rb") as f:
+        teacher_sha256 = hashlib.sha256(f.read()).hexdigest()
+    made_with = dict(teacher_sha256=teacher_sha256, pairs=config.ode_pairs, teacher_steps=config.teacher_steps,
                      guidance=config.guidance, seed=config.seed, num_chunks=num_chunks)
     if os.path.isfile(config.pairs_path):
         pairs = torch.load(config.pairs_path, map_location=device)
