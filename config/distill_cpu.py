@@ -1,5 +1,5 @@
 # The learner's distillation, and the run that makes the shipped student assets/student.pt: both
-# stages from the shipped teacher in under 40 minutes on 2 CPU cores (measured figures in README).
+# stages from the shipped teacher in about 33 minutes on 2 CPU cores (an estimate from measured rates, README).
 #   nohup python distill.py config/distill_cpu.py > distill.log 2>&1 &
 #   python model.py out/student/ckpt.pt assets/student.pt
 ode_pairs = 160       # teacher trajectories (about 7 minutes to make, then cached)
