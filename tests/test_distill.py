@@ -120,6 +120,20 @@ def test_align_switch_sets_the_training_context(teacher, tmp_path, monkeypatch, 
     assert seen and set(seen) == {expected}
 
 
+@pytest.mark.parametrize("real_guidance, expected", [(0.0, 2.0), (5.0, 5.0)])
+def test_real_guidance_steers_only_the_dmd_real_score(teacher, tmp_path, monkeypatch, real_guidance, expected):
+    pair_guidance, score_guidance = [], []
+    real_trajectories, real_predict = distill.teacher_trajectories, distill.predict_clean
+    monkeypatch.setattr(distill, "teacher_trajectories",
+                        lambda model, labels, frames, keep, steps, guidance, seed: pair_guidance.append(guidance)
+                        or real_trajectories(model, labels, frames, keep, steps, guidance, seed))
+    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0:
+                        score_guidance.append(guidance) or real_predict(model, video, levels, labels, guidance))
+    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", f"--real_guidance={real_guidance}"))
+    assert pair_guidance and set(pair_guidance) == {2.0}  # the ODE pairs keep `guidance`
+    assert set(score_guidance) == {1.0, expected}  # the critic unguided, the real score at its own scale
+
+
 def test_clear_errors(teacher, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "distill.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
