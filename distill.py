@@ -36,7 +36,7 @@ from tqdm import tqdm
 from data import NUM_LABELS, save_gif
 from flow import FLOW_REPRS, dmd_loss, flow_dmd_loss
 from model import VideoDiT, load_checkpoint, save_checkpoint
-from sample import NoiseSource, StreamingStep, guided_velocity, pick_device, plan_by_name, rollout
+from sample import GUIDANCE_CUTOFF, NoiseSource, StreamingStep, guided_velocity, pick_device, plan_by_name, rollout
 from schedule import CONTEXT_RULES, LAST_LEVEL, PLANS, context_level, warp
 from train import flow_matching_loss, parse_config, plot_losses
 
@@ -49,6 +49,7 @@ class DistillConfig:
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
     guidance: float = 3.0         # the teacher's guidance in its ODE pairs and in the DMD real score
     real_guidance: float = 0.0    # if set, the real score's guidance alone (the ODE pairs keep `guidance`)
+    guidance_cutoff: float = GUIDANCE_CUTOFF  # the teacher is guided only at noise levels up to this (1: all)
     batch_size: int = 8
     # stage 1: ODE regression
     ode_steps: int = 300
@@ -88,16 +89,16 @@ def check(config):
         raise SystemExit("error: critic_updates and batch_size must be at least 1")
 
 
-def predict_clean(model, video, levels, labels, guidance=1.0):
+def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=GUIDANCE_CUTOFF):
     """The clean clip a bidirectional model sees in `video` at per-sample `levels` [B]."""
     noise_levels = levels[:, None].expand(video.shape[:2])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
-        velocity = guided_velocity(model, video, noise_levels, labels, guidance)
+        velocity = guided_velocity(model, video, noise_levels, labels, guidance, guidance_cutoff)
     return video - levels[:, None, None, None, None] * velocity.float()
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher, labels, frames, keep_levels, steps, guidance, seed):
+def teacher_trajectories(teacher, labels, frames, keep_levels, steps, guidance, guidance_cutoff, seed):
     """Euler-integrate the guided teacher from noise; return {level: state} for every level in keep_levels
     (level 0 is the final clip). The student's levels are inserted into the Euler grid so that each
     kept state is exactly on the teacher's path, not interpolated."""
@@ -111,7 +112,7 @@ def teacher_trajectories(teacher, labels, frames, keep_levels, steps, guidance, 
             states[level] = x.clone()
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            velocity = guided_velocity(teacher, x, noise_levels, labels, guidance)
+            velocity = guided_velocity(teacher, x, noise_levels, labels, guidance, guidance_cutoff)
         x = x + (next_level - level) * velocity.float()
     states[0.0] = x
     return states
@@ -124,7 +125,7 @@ def ode_pairs(teacher, config, num_chunks, device, master):
     with open(config.teacher, "rb") as f:
         teacher_sha256 = hashlib.sha256(f.read()).hexdigest()
     made_with = dict(teacher_sha256=teacher_sha256, pairs=config.ode_pairs, teacher_steps=config.teacher_steps,
-                     guidance=config.guidance, seed=config.seed, num_chunks=num_chunks)
+                     guidance=config.guidance, guidance_cutoff=config.guidance_cutoff, seed=config.seed, num_chunks=num_chunks)
     if os.path.isfile(config.pairs_path):
         pairs = torch.load(config.pairs_path, map_location=device)
         if pairs["made_with"] == made_with:
@@ -134,7 +135,7 @@ def ode_pairs(teacher, config, num_chunks, device, master):
     keep = {level for make_plan in PLANS.values() for levels in make_plan(num_chunks) for level in levels} | {LAST_LEVEL}
     labels = torch.arange(config.ode_pairs, device=device) % NUM_LABELS
     batches = [teacher_trajectories(teacher, labels[i:i + 32], teacher.config.frames, keep, config.teacher_steps,
-                                    config.guidance, seed=config.seed + i)
+                                    config.guidance, config.guidance_cutoff, seed=config.seed + i)
                for i in tqdm(range(0, config.ode_pairs, 32), desc="teacher ODE pairs", disable=not master)]
     pairs = dict(made_with=made_with, labels=labels, states={k: torch.cat([b[k] for b in batches]) for k in batches[0]})
     if master:
@@ -176,7 +177,7 @@ def generator_loss(student, teacher, critic, config, plan, train_context, labels
     eps = torch.randn(video.shape, generator=generator).to(video.device)
     noisy = (1 - s) * video.detach() + s * eps
     with torch.no_grad():
-        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance)
+        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance, config.guidance_cutoff)
         fake_clean = predict_clean(critic, noisy, levels, labels)
     dmd = dmd_loss(video, fake_clean, real_clean)
     motion = flow_dmd_loss(video, fake_clean, real_clean, config.flow_repr) if config.flow_weight else torch.zeros(())

@@ -4,7 +4,7 @@ Quality: how much a model's videos look like the toy world, measured by the worl
 One table for the real data, the teacher (many Euler steps with guidance) and each student (its own
 plan and context rule, read from its checkpoint):
 
-- NFE: network evaluations per 16-frame video (guidance counts 2 per step).
+- NFE: network evaluations per 16-frame video (a guided step counts 2).
 - cleanliness: pixels that are background or a palette colour; objects/frame and its error against
   the real data; label agreement (seen shape and colour match the label); track jitter (mean
   |acceleration| of object centroids); area change of matched objects from frame to frame.
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data import NUM_LABELS, frame_objects, frechet_distance, make_clips, nearest_color, video_features, world_metrics
 from flow import motion_metrics
 from model import build_model, load_checkpoint
-from sample import pick_device, plan_by_name, sample_teacher, stream
+from sample import GUIDANCE_CUTOFF, pick_device, plan_by_name, sample_teacher, stream
 from schedule import forward_passes
 
 
@@ -58,7 +58,7 @@ def drift(video):
     return dict(saturation_slope=100 * slope.item(), saturation_drift=(per_frame[-quarter:].mean() / per_frame[:quarter].mean()).item())
 
 
-def generate(model, state, labels, frames, batch_size, seed, steps, guidance):
+def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff):
     """Videos in [0, 1] on the CPU, in seeded batches: Euler sampling for a teacher, streaming for a
     student (with the plan and context rule it was distilled for)."""
     device = next(model.parameters()).device
@@ -69,7 +69,7 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance):
             recipe = state["train_config"]
             video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + start)), 1)
         else:
-            video = sample_teacher(model, batch, frames, steps=steps, guidance=guidance, seed=seed + start)
+            video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + start)
         videos.append(((video.float().cpu() + 1) / 2).clamp(0, 1))
     return torch.cat(videos)
 
@@ -110,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: guidance scale")
+    parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
     device = pick_device()
@@ -132,17 +133,19 @@ def main(argv=None):
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
-        video = generate(model, state, labels, mconfig.frames, args.batch_size, args.seed, args.steps, args.guidance)
+        video = generate(model, state, labels, mconfig.frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
         rows[path] = measure(video, labels, real)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
             recipe = state["train_config"]
             plan = plan_by_name(recipe["plan"], -(-mconfig.frames // mconfig.chunk_frames))
             rows[path]["nfe"] = forward_passes(plan, recipe["context"])
-            long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps, args.guidance)
+            long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
             rows[path].update(drift(long_videos[path]))
         else:
-            rows[path]["nfe"] = args.steps * (2 if args.guidance != 1 else 1)
+            # one pass a step, two on the steps whose level (1 - i / steps, sample_teacher's grid) is guided
+            guided_steps = sum(1 - i / args.steps <= args.guidance_cutoff for i in range(args.steps)) if args.guidance != 1 else 0
+            rows[path]["nfe"] = args.steps + guided_steps
 
     print(f"{args.num} samples per row ({args.long_num} for the {long_frames}-frame drift rollouts), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference")

@@ -34,6 +34,7 @@ from data import LABELS, NUM_LABELS, label_index, save_gif, save_npz
 from model import build_model, load_checkpoint
 from schedule import CONTEXT_RULES, LAST_LEVEL, PLANS, context_level, validate_plan, warp
 
+GUIDANCE_CUTOFF = 0.7  # classifier-free guidance only at noise levels up to this (see guided_velocity)
 CONTEXT_STEP = 1000  # noise address of a chunk's extra context pass (denoising steps use 0, 1, 2, ...)
 
 
@@ -45,18 +46,22 @@ def pick_device():
     return "cpu"
 
 
-def guided_velocity(model, video, noise_levels, labels, guidance):
-    """v_uncond + guidance * (v_cond - v_uncond), both halves in one forward pass."""
-    if guidance == 1.0:
+def guided_velocity(model, video, noise_levels, labels, guidance, cutoff=GUIDANCE_CUTOFF):
+    """v_uncond + guidance * (v_cond - v_uncond), both halves in one forward pass, on frames whose noise
+    level is at most `cutoff`; noisier frames get v_cond alone. Guidance at the noisiest levels, where
+    the number and place of objects are decided, added stray objects and pulled every clip of a label
+    towards one layout (README, "The teacher"): the guidance interval of Kynkaanniemi et al. (2024)."""
+    guided = (noise_levels <= cutoff)[:, :, None, None, None]
+    if guidance == 1.0 or not guided.any():
         return model(video, noise_levels, labels)
     null = torch.full_like(labels, model.config.num_labels)
     v_cond, v_uncond = model(video.repeat(2, 1, 1, 1, 1), noise_levels.repeat(2, 1),
                              torch.cat([labels, null])).chunk(2)
-    return v_uncond + guidance * (v_cond - v_uncond)
+    return torch.where(guided, v_uncond + guidance * (v_cond - v_uncond), v_cond)
 
 
 @torch.no_grad()
-def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, seed=0):
+def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]."""
     c = model.config
     device = next(model.parameters()).device
@@ -66,7 +71,7 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, shift=1.0, see
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            v = guided_velocity(model, x, noise_levels, labels, guidance)
+            v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff)
         x = x + (next_level - level) * v.float()
     return x
 
@@ -270,6 +275,7 @@ def main(argv=None):
     parser.add_argument("--out", default="out")
     parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: classifier-free guidance scale")
+    parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
     parser.add_argument("--plan", default="diagonal", help=f"student: {' | '.join(PLANS)}")
     parser.add_argument("--context", default="last", choices=CONTEXT_RULES, help="student: what the cache keeps")
     parser.add_argument("--sampler", default="fused", choices=("fused", "sequential"))
@@ -300,9 +306,9 @@ def main(argv=None):
         video = torch.cat(chunks, 1)
         how = f"student, {args.plan} plan, {args.context} context, {args.sampler} sampler"
     else:
-        video = sample_teacher(model, labels, frames, args.steps, args.guidance, seed=args.seed).float().cpu()
+        video = sample_teacher(model, labels, frames, args.steps, args.guidance, args.guidance_cutoff, seed=args.seed).float().cpu()
         latency = time.perf_counter() - start  # a bidirectional model finishes every frame at once
-        how = f"teacher, {args.steps} steps, guidance {args.guidance}"
+        how = f"teacher, {args.steps} steps, guidance {args.guidance} up to level {args.guidance_cutoff}"
     seconds = time.perf_counter() - start
     video = ((video + 1) / 2).clamp(0, 1)
     save_gif(video, os.path.join(args.out, "stream.gif"))

@@ -78,7 +78,7 @@ def test_teacher_states_lie_on_its_ode_path(teacher):
     model = VideoDiT(config).eval()
     labels = torch.tensor([0, 1])
     keep = {1.0, 0.7, 0.3}
-    states = distill.teacher_trajectories(model, labels, config.frames, keep, steps=5, guidance=3.0, seed=0)
+    states = distill.teacher_trajectories(model, labels, config.frames, keep, steps=5, guidance=3.0, guidance_cutoff=0.7, seed=0)
     assert set(states) == keep | {0.0}
     for level in keep:
         assert torch.allclose(states[level], level * states[1.0], atol=1e-5), level
@@ -121,17 +121,18 @@ def test_align_switch_sets_the_training_context(teacher, tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("real_guidance, expected", [(0.0, 2.0), (5.0, 5.0)])
-def test_real_guidance_steers_only_the_dmd_real_score(teacher, tmp_path, monkeypatch, real_guidance, expected):
+def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path, monkeypatch, real_guidance, expected):
     pair_guidance, score_guidance = [], []
     real_trajectories, real_predict = distill.teacher_trajectories, distill.predict_clean
     monkeypatch.setattr(distill, "teacher_trajectories",
-                        lambda model, labels, frames, keep, steps, guidance, seed: pair_guidance.append(guidance)
-                        or real_trajectories(model, labels, frames, keep, steps, guidance, seed))
-    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0:
-                        score_guidance.append(guidance) or real_predict(model, video, levels, labels, guidance))
-    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", f"--real_guidance={real_guidance}"))
-    assert pair_guidance and set(pair_guidance) == {2.0}  # the ODE pairs keep `guidance`
-    assert set(score_guidance) == {1.0, expected}  # the critic unguided, the real score at its own scale
+                        lambda model, labels, frames, keep, steps, guidance, cutoff, seed: pair_guidance.append((guidance, cutoff))
+                        or real_trajectories(model, labels, frames, keep, steps, guidance, cutoff, seed))
+    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None:
+                        score_guidance.append((guidance, cutoff)) or real_predict(model, video, levels, labels, guidance, cutoff or 1.0))
+    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", f"--real_guidance={real_guidance}"))
+    assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance`
+    # the critic unguided, the real score at its own scale, both pairs and real score with the cutoff
+    assert set(score_guidance) == {(1.0, None), (expected, 0.6)}
 
 
 def test_clear_errors(teacher, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import ModelConfig, VideoDiT
-from sample import NoiseSource, fused_chunks, rollout, rollout_chunks, sample_teacher, stream
+from sample import NoiseSource, fused_chunks, guided_velocity, rollout, rollout_chunks, sample_teacher, stream
 from schedule import diagonal, make_plan, paper, uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,6 +151,31 @@ def test_fused_step_is_capture_safe():
     with OpRecorder() as recorder:
         torch.tensor([1.0]).item()
     assert any("_local_scalar_dense" in name for name, _ in recorder.calls)
+
+
+class LabelEcho(torch.nn.Module):
+    """A stand-in network whose velocity is its label, so guided and unguided outputs are known exactly."""
+    config = CONFIG
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def forward(self, video, noise_levels, labels):
+        self.batch_sizes.append(len(labels))
+        return torch.zeros_like(video) + labels[:, None, None, None, None].float()
+
+
+def test_guidance_applies_only_up_to_the_cutoff():
+    model, video, labels = LabelEcho(), torch.zeros(1, 3, 3, 16, 16), torch.tensor([1])
+    levels = torch.tensor([[0.2, 0.7, 0.9]])
+    guided = CONFIG.num_labels + 2.0 * (1 - CONFIG.num_labels)  # v_uncond + 2 (v_cond - v_uncond): label 1, null 4
+    v = guided_velocity(model, video, levels, labels, 2.0, cutoff=0.7)
+    assert v[0, :, 0, 0, 0].tolist() == [guided, guided, 1.0]  # frames above the cutoff get v_cond alone
+    assert (guided_velocity(model, video, levels, labels, 2.0, cutoff=1.0) == guided).all()
+    model.batch_sizes.clear()
+    v = guided_velocity(model, video, torch.full((1, 3), 0.9), labels, 2.0, cutoff=0.7)
+    assert (v == 1.0).all() and model.batch_sizes == [1]  # no unconditional half when no frame is guided
 
 
 def test_teacher_sampler_runs_and_is_seeded():
