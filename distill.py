@@ -49,7 +49,8 @@ class DistillConfig:
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
     guidance: float = 3.0         # the teacher's guidance in its ODE pairs and in the DMD real score
     real_guidance: float = 0.0    # if set, the real score's guidance alone (the ODE pairs keep `guidance`)
-    guidance_cutoff: float = GUIDANCE_CUTOFF  # the teacher is guided only at noise levels up to this (1: all)
+    guidance_cutoff: float = GUIDANCE_CUTOFF  # the ODE pairs' teacher is guided only at levels up to this (1: all)
+    real_guidance_cutoff: float = 1.0  # the real score's cutoff: guided at every level, which holds the objects
     batch_size: int = 8
     # stage 1: ODE regression
     ode_steps: int = 300
@@ -177,7 +178,7 @@ def generator_loss(student, teacher, critic, config, plan, train_context, labels
     eps = torch.randn(video.shape, generator=generator).to(video.device)
     noisy = (1 - s) * video.detach() + s * eps
     with torch.no_grad():
-        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance, config.guidance_cutoff)
+        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance, config.real_guidance_cutoff)
         fake_clean = predict_clean(critic, noisy, levels, labels)
     dmd = dmd_loss(video, fake_clean, real_clean)
     motion = flow_dmd_loss(video, fake_clean, real_clean, config.flow_repr) if config.flow_weight else torch.zeros(())

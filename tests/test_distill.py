@@ -129,10 +129,11 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
                         or real_trajectories(model, labels, frames, keep, steps, guidance, cutoff, seed))
     monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None:
                         score_guidance.append((guidance, cutoff)) or real_predict(model, video, levels, labels, guidance, cutoff or 1.0))
-    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", f"--real_guidance={real_guidance}"))
+    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", f"--real_guidance={real_guidance}",
+                           "--real_guidance_cutoff=0.8"))
     assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance`
-    # the critic unguided, the real score at its own scale, both pairs and real score with the cutoff
-    assert set(score_guidance) == {(1.0, None), (expected, 0.6)}
+    # the critic unguided, the real score at its own scale and cutoff
+    assert set(score_guidance) == {(1.0, None), (expected, 0.8)}
 
 
 def test_clear_errors(teacher, tmp_path):
