@@ -36,7 +36,7 @@ from tqdm import tqdm
 from data import NUM_LABELS, save_gif
 from flow import FLOW_REPRS, dmd_loss, flow_dmd_loss
 from model import VideoDiT, load_checkpoint, save_checkpoint
-from sample import GUIDANCE_CUTOFF, NoiseSource, StreamingStep, guided_velocity, pick_device, plan_by_name, rollout
+from sample import NoiseSource, StreamingStep, guided_velocity, pick_device, plan_by_name, rollout
 from schedule import CONTEXT_RULES, LAST_LEVEL, PLANS, context_level, warp
 from train import flow_matching_loss, parse_config, plot_losses
 
@@ -49,8 +49,10 @@ class DistillConfig:
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
     guidance: float = 3.0         # the teacher's guidance in its ODE pairs and in the DMD real score
     real_guidance: float = 0.0    # if set, the real score's guidance alone (the ODE pairs keep `guidance`)
-    guidance_cutoff: float = GUIDANCE_CUTOFF  # the ODE pairs' teacher is guided only at levels up to this (1: all)
-    real_guidance_cutoff: float = 1.0  # the real score's cutoff: guided at every level, which holds the objects
+    # Guidance at every level (cutoff 1), unlike the teacher's own sampler (0.7): with 0.7 the ODE pairs
+    # and stage 1 were better, but stage 2 then faded the objects away (README, "The student").
+    guidance_cutoff: float = 1.0  # the ODE pairs' teacher is guided only at noise levels up to this
+    real_guidance_cutoff: float = 0.0  # if set, the real score's cutoff alone (0: use guidance_cutoff)
     batch_size: int = 8
     # stage 1: ODE regression
     ode_steps: int = 300
@@ -90,7 +92,7 @@ def check(config):
         raise SystemExit("error: critic_updates and batch_size must be at least 1")
 
 
-def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=GUIDANCE_CUTOFF):
+def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=1.0):
     """The clean clip a bidirectional model sees in `video` at per-sample `levels` [B]."""
     noise_levels = levels[:, None].expand(video.shape[:2])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
@@ -178,7 +180,8 @@ def generator_loss(student, teacher, critic, config, plan, train_context, labels
     eps = torch.randn(video.shape, generator=generator).to(video.device)
     noisy = (1 - s) * video.detach() + s * eps
     with torch.no_grad():
-        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance, config.real_guidance_cutoff)
+        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance,
+                                   config.real_guidance_cutoff or config.guidance_cutoff)
         fake_clean = predict_clean(critic, noisy, levels, labels)
     dmd = dmd_loss(video, fake_clean, real_clean)
     motion = flow_dmd_loss(video, fake_clean, real_clean, config.flow_repr) if config.flow_weight else torch.zeros(())

@@ -120,8 +120,8 @@ def test_align_switch_sets_the_training_context(teacher, tmp_path, monkeypatch, 
     assert seen and set(seen) == {expected}
 
 
-@pytest.mark.parametrize("real_guidance, expected", [(0.0, 2.0), (5.0, 5.0)])
-def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path, monkeypatch, real_guidance, expected):
+@pytest.mark.parametrize("real_flags, expected", [((), (2.0, 0.6)), (("--real_guidance=5", "--real_guidance_cutoff=0.8"), (5.0, 0.8))])
+def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path, monkeypatch, real_flags, expected):
     pair_guidance, score_guidance = [], []
     real_trajectories, real_predict = distill.teacher_trajectories, distill.predict_clean
     monkeypatch.setattr(distill, "teacher_trajectories",
@@ -129,11 +129,10 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
                         or real_trajectories(model, labels, frames, keep, steps, guidance, cutoff, seed))
     monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None:
                         score_guidance.append((guidance, cutoff)) or real_predict(model, video, levels, labels, guidance, cutoff or 1.0))
-    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", f"--real_guidance={real_guidance}",
-                           "--real_guidance_cutoff=0.8"))
-    assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance`
-    # the critic unguided, the real score at its own scale and cutoff
-    assert set(score_guidance) == {(1.0, None), (expected, 0.8)}
+    distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", *real_flags))
+    assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance` and its cutoff
+    # the critic unguided; the real score with the pairs' settings unless given its own
+    assert set(score_guidance) == {(1.0, None), expected}
 
 
 def test_clear_errors(teacher, tmp_path):
