@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data import NUM_LABELS, frame_objects, frechet_distance, make_clips, nearest_color, video_features, world_metrics
 from flow import motion_metrics
 from model import build_model, load_checkpoint
-from sample import GUIDANCE_CUTOFF, pick_device, plan_by_name, sample_teacher, stream
+from sample import GUIDANCE_CUTOFF, pick_device, plan_by_name, sample_teacher, stream, teacher_forward_passes
 from schedule import forward_passes
 
 
@@ -143,9 +143,7 @@ def main(argv=None):
             long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
             rows[path].update(drift(long_videos[path]))
         else:
-            # one pass a step, two on the steps whose level (1 - i / steps, sample_teacher's grid) is guided
-            guided_steps = sum(1 - i / args.steps <= args.guidance_cutoff for i in range(args.steps)) if args.guidance != 1 else 0
-            rows[path]["nfe"] = args.steps + guided_steps
+            rows[path]["nfe"] = teacher_forward_passes(args.steps, args.guidance, args.guidance_cutoff)
 
     print(f"{args.num} samples per row ({args.long_num} for the {long_frames}-frame drift rollouts), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference")

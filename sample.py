@@ -61,6 +61,16 @@ def guided_velocity(model, video, noise_levels, labels, guidance, cutoff=GUIDANC
     return torch.where(guided, v_uncond + guidance * (v_cond - v_uncond), v_cond)
 
 
+def teacher_levels(steps, shift=1.0):
+    """The teacher's Euler grid: steps + 1 noise levels from 1 down to 0."""
+    return [warp(1 - i / steps, shift) for i in range(steps + 1)]
+
+
+def teacher_forward_passes(steps, guidance, guidance_cutoff):
+    """Network evaluations of one sample_teacher call: two on a guided step, one otherwise."""
+    return sum(1 + (guidance != 1.0 and level <= guidance_cutoff) for level in teacher_levels(steps)[:-1])
+
+
 @torch.no_grad()
 def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]."""
@@ -68,7 +78,7 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(len(labels), frames, 3, c.image_size, c.image_size, generator=generator).to(device)
-    levels = [warp(1 - i / steps, shift) for i in range(steps + 1)]
+    levels = teacher_levels(steps, shift)
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
