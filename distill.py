@@ -49,8 +49,8 @@ class DistillConfig:
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
     guidance: float = 3.0         # the teacher's guidance in its ODE pairs and in the DMD real score
     real_guidance: float = 0.0    # if set, the real score's guidance alone (the ODE pairs keep `guidance`)
-    # Guidance at every level (cutoff 1), unlike the teacher's own sampler (0.7): with 0.7 the ODE pairs
-    # and stage 1 were better, but stage 2 then faded the objects away (README, "The student").
+    # Default: guided at every level, as in the paper. config/distill_cpu.py guides the ODE pairs only up
+    # to 0.7, as the teacher's own sampler does (a far better stage 1), and the real score everywhere.
     guidance_cutoff: float = 1.0  # the ODE pairs' teacher is guided only at noise levels up to this
     real_guidance_cutoff: float = 0.0  # if set, the real score's cutoff alone (0: use guidance_cutoff)
     batch_size: int = 8
