@@ -170,11 +170,12 @@ def classify_shape(fill):
 
 
 def world_metrics(video, labels, objects=None):
-    """The quality table of one batch: cleanliness, objects per frame, label agreement and the
-    smoothness of object tracks (mean |acceleration| of matched centroids, px/frame^2)."""
+    """The quality table of one batch: cleanliness, objects per frame, label agreement (also per
+    labelled shape) and the smoothness of object tracks (mean |acceleration| of matched centroids, px/frame^2)."""
     objects = frame_objects(video) if objects is None else objects
     counts = [len(o) for clip in objects for o in clip]
     agree, jitter, area_change = [], [], []
+    agree_by_shape = {shape: [] for shape in SHAPES}     # which shapes a model misses, by the label's shape
     for clip, label in zip(objects, labels.tolist()):
         colors = [o[4] for frame in clip for o in frame for _ in range(o[2])]
         shapes = [classify_shape(o[3]) for frame in clip for o in frame]
@@ -184,12 +185,14 @@ def world_metrics(video, labels, objects=None):
             agree.append(float(shape * len(COLORS) + color == label))
         else:
             agree.append(0.0)
+        agree_by_shape[SHAPES[label // len(COLORS)]].append(agree[-1])
         jitter += track_accelerations(clip)
         area_change += [abs(a - b) / max(a, b) for a, b in matched_areas(clip)]
     return dict(cleanliness=cleanliness(video), objects_per_frame=float(np.mean(counts)),
                 objects_std=float(np.std(counts)), label_agreement=float(np.mean(agree)),
                 track_jitter=float(np.median(jitter)) if jitter else float("nan"),
-                area_change=float(np.mean(area_change)) if area_change else float("nan"))
+                area_change=float(np.mean(area_change)) if area_change else float("nan"),
+                **{f"label_agreement_{shape}": float(np.mean(a)) for shape, a in agree_by_shape.items() if a})
 
 
 def _match(prev, cur):

@@ -1,7 +1,7 @@
 """The toy world: determinism, speed-free shape checks, exact flow, and metrics that can tell good from bad."""
 import torch
 
-from data import LABELS, frechet_distance, inside, label_index, make_clips, video_features, world_metrics
+from data import COLORS, LABELS, SHAPES, frechet_distance, inside, label_index, make_clips, video_features, world_metrics
 
 
 def test_clips_are_deterministic_and_well_formed():
@@ -42,6 +42,9 @@ def test_metrics_separate_real_from_broken_videos():
     assert world_metrics(noisy, clips["labels"])["cleanliness"] < 0.5
     wrong = world_metrics(clips["video"], (clips["labels"] + 1) % 18)
     assert wrong["label_agreement"] < 0.1
+    assert all(real[f"label_agreement_{shape}"] > 0.9 for shape in SHAPES)
+    other_shape = world_metrics(clips["video"], (clips["labels"] + len(COLORS)) % 18)   # same colour, next shape
+    assert all(other_shape[f"label_agreement_{shape}"] < 0.1 for shape in SHAPES)
     shuffled = clips["video"][:, torch.randperm(16)]        # same frames, teleporting objects
     assert world_metrics(shuffled, clips["labels"])["track_jitter"] > 2 * real["track_jitter"]
     other = make_clips(32, seed=2)
