@@ -146,3 +146,12 @@ def test_every_preset_parses_and_builds_its_model(preset):
         config = train.parse_config(train.TrainConfig(), [path])
         assert 0 < config.warmup < config.steps and config.lr > 0
         VideoDiT(train.model_config(config))
+
+
+def test_stacked_presets_later_file_wins():
+    # the shipped student's preset is config/distill_ship.py stacked on config/distill_cpu.py
+    learner, ship = (os.path.join(ROOT, "config", name) for name in ("distill_cpu.py", "distill_ship.py"))
+    alone = {path: train.parse_config(distill.DistillConfig(), [path]) for path in (learner, ship)}
+    stacked = train.parse_config(distill.DistillConfig(), [learner, ship])
+    assert stacked.dmd_steps == alone[ship].dmd_steps != alone[learner].dmd_steps
+    assert stacked.noise_mean == alone[learner].noise_mean != distill.DistillConfig().noise_mean
