@@ -171,11 +171,14 @@ def classify_shape(fill):
 
 def world_metrics(video, labels, objects=None):
     """The quality table of one batch: cleanliness, objects per frame, label agreement (also per
-    labelled shape) and the smoothness of object tracks (mean |acceleration| of matched centroids, px/frame^2)."""
+    labelled shape, with the median bounding-box fill of the objects in the label's colour, which is
+    what tells the shapes apart) and the smoothness of object tracks (|acceleration| of matched
+    centroids, px/frame^2)."""
     objects = frame_objects(video) if objects is None else objects
     counts = [len(o) for clip in objects for o in clip]
     agree, jitter, area_change = [], [], []
     agree_by_shape = {shape: [] for shape in SHAPES}     # which shapes a model misses, by the label's shape
+    fill_by_shape = {shape: [] for shape in SHAPES}
     for clip, label in zip(objects, labels.tolist()):
         colors = [o[4] for frame in clip for o in frame for _ in range(o[2])]
         shapes = [classify_shape(o[3]) for frame in clip for o in frame]
@@ -185,14 +188,17 @@ def world_metrics(video, labels, objects=None):
             agree.append(float(shape * len(COLORS) + color == label))
         else:
             agree.append(0.0)
-        agree_by_shape[SHAPES[label // len(COLORS)]].append(agree[-1])
+        label_shape, label_color = divmod(label, len(COLORS))
+        agree_by_shape[SHAPES[label_shape]].append(agree[-1])
+        fill_by_shape[SHAPES[label_shape]] += [o[3] for frame in clip for o in frame if o[4] == label_color]
         jitter += track_accelerations(clip)
         area_change += [abs(a - b) / max(a, b) for a, b in matched_areas(clip)]
     return dict(cleanliness=cleanliness(video), objects_per_frame=float(np.mean(counts)),
                 objects_std=float(np.std(counts)), label_agreement=float(np.mean(agree)),
                 track_jitter=float(np.median(jitter)) if jitter else float("nan"),
                 area_change=float(np.mean(area_change)) if area_change else float("nan"),
-                **{f"label_agreement_{shape}": float(np.mean(a)) for shape, a in agree_by_shape.items() if a})
+                **{f"label_agreement_{shape}": float(np.mean(a)) for shape, a in agree_by_shape.items() if a},
+                **{f"fill_{shape}": float(np.median(f)) for shape, f in fill_by_shape.items() if f})
 
 
 def _match(prev, cur):

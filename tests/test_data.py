@@ -43,8 +43,10 @@ def test_metrics_separate_real_from_broken_videos():
     wrong = world_metrics(clips["video"], (clips["labels"] + 1) % 18)
     assert wrong["label_agreement"] < 0.1
     assert all(real[f"label_agreement_{shape}"] > 0.9 for shape in SHAPES)
+    assert real["fill_triangle"] < 0.65 < real["fill_circle"] < 0.85 < real["fill_square"]
     other_shape = world_metrics(clips["video"], (clips["labels"] + len(COLORS)) % 18)   # same colour, next shape
     assert all(other_shape[f"label_agreement_{shape}"] < 0.1 for shape in SHAPES)
+    assert other_shape["fill_square"] < 0.85 and other_shape["fill_circle"] < 0.65   # fills follow what is drawn
     shuffled = clips["video"][:, torch.randperm(16)]        # same frames, teleporting objects
     assert world_metrics(shuffled, clips["labels"])["track_jitter"] > 2 * real["track_jitter"]
     other = make_clips(32, seed=2)

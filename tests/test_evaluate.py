@@ -4,9 +4,11 @@ import json
 import os
 
 import pytest
+import torch
 
 import evaluate
 import train
+from data import make_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +29,14 @@ def test_teacher_row_counts_guided_steps_twice(teacher, tmp_path, capsys, cutoff
     assert rows[teacher]["nfe"] == nfe
     assert 0 <= rows[teacher]["cleanliness"] <= 1 and "real data" in rows
     assert (tmp_path / "nfe_quality.png").exists()
+
+
+def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffled():
+    clips = make_clips(8, frames=32, seed=3)
+    video, labels = clips["video"], clips["labels"]
+    gliding = evaluate.stream_smoothness(video, labels, 32)
+    shuffled = evaluate.stream_smoothness(video[:, torch.randperm(32, generator=torch.Generator().manual_seed(0))], labels, 32)
+    assert gliding["stream_jitter"] < 1.0 < shuffled["stream_jitter"]
+    assert gliding["stream_area_change"] < 0.2
+    longer = torch.cat([video, torch.rand_like(video)], 1)  # frames past the first 32 are not read
+    assert evaluate.stream_smoothness(longer, labels, 32) == gliding
