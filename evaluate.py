@@ -12,8 +12,8 @@ plan and context rule, read from its checkpoint):
 - motion (flow.py): amplitude ratio to the real data, coherence.
 - drift over a rollout 10x the training length (students only; PAPER.md, "Exposure-bias alignment"):
   slope of the mean colour saturation per 100 frames, and its last quarter over its first quarter
-  (1 = no drift; oversaturation shows as > 1). The same rollouts' first 32 frames give track jitter
-  and area change over streams twice the training length.
+  (1 = no drift; oversaturation shows as > 1). The same rollouts' first 2x training length (32
+  frames) give track jitter and area change over streams past the training length.
 
 Plus two pictures: quality over time on long rollouts (the paper's "average quality over time"
 figure) and NFE against Frechet distance. Fixed seeds; the sample counts are printed; a JSON last line.
