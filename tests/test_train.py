@@ -54,6 +54,24 @@ def test_short_clips_first_then_full_length(tmp_path, monkeypatch):
     assert config.frames == 4 and all(torch.isfinite(torch.tensor(state["losses"])))
 
 
+def test_motion_weight_charges_flicker_not_a_steady_offset():
+    """Two predictions off by the same amount on every frame: one steadily, one flickering. The plain
+    loss cannot tell them apart; the motion term charges only the flicker."""
+    video = torch.zeros(2, 4, 3, 8, 8)
+    steady = torch.full_like(video, 0.1)
+    flicker = steady * torch.tensor([1.0, -1.0, 1.0, -1.0]).view(1, 4, 1, 1, 1)
+
+    def loss(offset, motion_weight):
+        def model(noisy, levels, labels):  # the velocity whose clean prediction is video + offset
+            return (noisy - video - offset) / levels[:, :, None, None, None]
+        config = train.TrainConfig(motion_weight=motion_weight)
+        return train.flow_matching_loss(model, video, torch.zeros(2, dtype=torch.long), config, torch.Generator().manual_seed(0)).item()
+
+    assert loss(steady, 0.0) == pytest.approx(loss(flicker, 0.0), rel=1e-5)
+    assert loss(steady, 1.0) == pytest.approx(loss(steady, 0.0), rel=1e-5)
+    assert loss(flicker, 1.0) > 3 * loss(flicker, 0.0)
+
+
 def test_checkpoint_round_trip(tmp_path):
     train.main([TINY, f"--out_dir={tmp_path}"])
     state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
