@@ -124,7 +124,7 @@ def learning_rate(config, step):
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(model, video, labels, config, generator):
+def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0):
     """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level 0.05 so the rare nearly-clean clips do not dominate."""
@@ -140,12 +140,12 @@ def flow_matching_loss(model, video, labels, config, generator):
     clean = noisy - s * velocity
     error = (clean - video) / s.clamp(min=0.05)
     loss = error.square().mean()
-    if config.motion_weight > 0:
+    if motion_weight > 0:
         # The same error seen as motion (flow.py's frame differences, the paper's implicit flow). A
         # quadratic loss of a fixed linear map of the prediction keeps the conditional mean as its
         # minimiser, so the ODE the sampler follows is unchanged; what changes is where a small model
         # spends its capacity: on objects that keep their place and shape from frame to frame.
-        loss = loss + config.motion_weight * frame_differences(error).square().mean()
+        loss = loss + motion_weight * frame_differences(error).square().mean()
     return loss
 
 
@@ -234,7 +234,8 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         with autocast:
-            loss = flow_matching_loss(forward_model, video, labels, config, torch.Generator().manual_seed(noise_seed))
+            noise_generator = torch.Generator().manual_seed(noise_seed)
+            loss = flow_matching_loss(forward_model, video, labels, config, noise_generator, config.motion_weight)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

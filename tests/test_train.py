@@ -64,8 +64,8 @@ def test_motion_weight_charges_flicker_not_a_steady_offset():
     def loss(offset, motion_weight):
         def model(noisy, levels, labels):  # the velocity whose clean prediction is video + offset
             return (noisy - video - offset) / levels[:, :, None, None, None]
-        config = train.TrainConfig(motion_weight=motion_weight)
-        return train.flow_matching_loss(model, video, torch.zeros(2, dtype=torch.long), config, torch.Generator().manual_seed(0)).item()
+        labels, generator = torch.zeros(2, dtype=torch.long), torch.Generator().manual_seed(0)
+        return train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, motion_weight).item()
 
     assert loss(steady, 0.0) == pytest.approx(loss(flicker, 0.0), rel=1e-5)
     assert loss(steady, 1.0) == pytest.approx(loss(steady, 0.0), rel=1e-5)
