@@ -52,6 +52,7 @@ class TrainConfig:
     label_dropout: float = 0.1
     noise_mean: float = 0.5    # noise levels are logit-normal: sigmoid(N(noise_mean, noise_std))
     noise_std: float = 1.0
+    weight_floor: float = 0.05  # the loss weights the clean-frame error by 1 / max(level, weight_floor)^2
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
@@ -124,10 +125,10 @@ def learning_rate(config, step):
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0):
+def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05):
     """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
-    capped at level 0.05 so the rare nearly-clean clips do not dominate."""
+    capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
     device = video.device
     noise = torch.randn(video.shape, generator=generator).to(device)
@@ -138,7 +139,7 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
     noisy = (1 - s) * video + s * noise
     velocity = model(noisy, levels[:, None].expand(B, Fr), labels).float()
     clean = noisy - s * velocity
-    error = (clean - video) / s.clamp(min=0.05)
+    error = (clean - video) / s.clamp(min=weight_floor)
     loss = error.square().mean()
     if motion_weight > 0:
         # The same error seen as motion (flow.py's frame differences, the paper's implicit flow). A
@@ -235,7 +236,8 @@ def main(argv):
             group["lr"] = learning_rate(config, step)
         with autocast:
             noise_generator = torch.Generator().manual_seed(noise_seed)
-            loss = flow_matching_loss(forward_model, video, labels, config, noise_generator, config.motion_weight)
+            loss = flow_matching_loss(forward_model, video, labels, config, noise_generator, config.motion_weight,
+                                      config.weight_floor)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

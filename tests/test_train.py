@@ -72,6 +72,27 @@ def test_motion_weight_charges_flicker_not_a_steady_offset():
     assert loss(flicker, 1.0) > 3 * loss(flicker, 0.0)
 
 
+def test_weight_floor_caps_the_velocity_weight():
+    """A clean prediction off by 0.1 everywhere costs 0.01 / max(level, floor)^2, level by level: the
+    velocity loss above the floor, and at floor 1 the plain clean-frame error whatever the level."""
+    video = torch.zeros(64, 2, 3, 4, 4)
+    seen = {}
+
+    def model(noisy, levels, labels):  # the velocity whose clean prediction is video + 0.1
+        seen["levels"] = levels[:, 0]
+        return (noisy - video - 0.1) / levels[:, :, None, None, None]
+
+    def loss(floor):
+        labels, generator = torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(0)
+        return train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, 0.0, floor).item()
+
+    assert loss(1.0) == pytest.approx(0.01, rel=1e-5)
+    for floor in (0.05, 0.3):
+        expected = (0.01 / seen["levels"].clamp(min=floor).square()).mean().item()
+        assert loss(floor) == pytest.approx(expected, rel=1e-5)
+    assert loss(0.05) > loss(0.3) > loss(1.0)
+
+
 def test_checkpoint_round_trip(tmp_path):
     train.main([TINY, f"--out_dir={tmp_path}"])
     state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
