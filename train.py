@@ -236,8 +236,8 @@ def main(argv):
             group["lr"] = learning_rate(config, step)
         with autocast:
             noise_generator = torch.Generator().manual_seed(noise_seed)
-            loss = flow_matching_loss(forward_model, video, labels, config, noise_generator, config.motion_weight,
-                                      config.weight_floor)
+            loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
+                                      motion_weight=config.motion_weight, weight_floor=config.weight_floor)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

@@ -1,4 +1,4 @@
-# The learner's distillation: both stages from the shipped teacher in 24 minutes on 2 CPU cores (AMD EPYC
+# The learner's distillation: both stages in 24 minutes on 2 CPU cores (AMD EPYC
 # with AVX512-BF16, README). The shipped student is this run carried on: config/distill_ship.py.
 #   nohup python distill.py config/distill_cpu.py > distill.log 2>&1 &
 #   python model.py out/student/ckpt.pt assets/student.pt
