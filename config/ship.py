@@ -6,8 +6,8 @@
 # default: the learner's preset showed that on a short schedule a higher rate pays (the first version,
 # 5000 steps at 1e-3, read label agreement 0.86 at guidance 2). The motion term charges the error's
 # frame-to-frame changes: steadier, sharper objects (README, "Charging the error's motion"). The weight
-# floor stops the nearly clean levels from dominating the loss: smoother tracks, a lower Frechet
-# distance, and a smoother student (README, "Where the loss weight stops growing").
+# floor stops the nearly clean levels from dominating the loss: smoother tracks and a lower Frechet
+# distance at full length, and a smoother student (README, "Where the loss weight stops growing").
 # Run it in the background and resume it if it stops:
 #   nohup python train.py config/ship.py > ship.log 2>&1 &
 #   python train.py config/ship.py --resume=1
