@@ -71,6 +71,8 @@ class DistillConfig:
     regression_weight: float = 0.0  # stage 1's loss kept on in stage 2, as in the first DMD paper (0: off)
     noise_mean: float = 0.5       # DMD and critic levels: logit-normal, as in the teacher's training
     noise_std: float = 1.0
+    critic_motion_weight: float = 0.0  # the critic's flow-matching loss: train.py's motion_weight and
+    critic_weight_floor: float = 0.05  # weight_floor (the shipped teacher's 4 and 0.5 read worse: README)
     label_dropout: float = 0.0    # the critic is only ever asked conditional questions
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -193,7 +195,7 @@ def critic_loss(student, critic, config, plan, train_context, labels, generator)
     noise = NoiseSource(torch.randint(2 ** 30, (1,), generator=generator).item(), len(labels), student.config, labels.device)
     with torch.no_grad():
         video = rollout(student, plan, train_context, labels, noise)
-    return flow_matching_loss(critic, video, labels, config, generator)
+    return flow_matching_loss(critic, video, labels, config, generator, config.critic_motion_weight, config.critic_weight_floor)
 
 
 def average_gradients(model, world):

@@ -135,6 +135,16 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
     assert set(score_guidance) == {(1.0, None), expected}
 
 
+@pytest.mark.parametrize("critic_flags, expected", [((), (0.0, 0.05)), (("--critic_motion_weight=4", "--critic_weight_floor=0.5"), (4.0, 0.5))])
+def test_critic_objective_settings_reach_its_loss(teacher, tmp_path, monkeypatch, critic_flags, expected):
+    seen = []
+    real_loss = distill.flow_matching_loss
+    monkeypatch.setattr(distill, "flow_matching_loss", lambda model, video, labels, config, generator, motion_weight, weight_floor:
+                        seen.append((motion_weight, weight_floor)) or real_loss(model, video, labels, config, generator, motion_weight, weight_floor))
+    distill.main(tiny_args(teacher, tmp_path, *critic_flags))
+    assert seen and set(seen) == {expected}
+
+
 def test_clear_errors(teacher, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "distill.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
