@@ -227,6 +227,12 @@ def track_accelerations(clip):
     return out
 
 
+def centroid_steps(clip):
+    """Per frame f, the distances (px) the matched objects' centroids move from frame f to f + 1."""
+    return [[math.dist(clip[f][i][:2], clip[f + 1][j][:2]) for i, j in _match(clip[f], clip[f + 1])]
+            for f in range(len(clip) - 1)]
+
+
 def video_features(video, objects=None):
     """Per-video features for a Frechet distance: colour histogram, object count, size and motion."""
     objects = frame_objects(video) if objects is None else objects
@@ -236,11 +242,14 @@ def video_features(video, objects=None):
     for clip in objects:
         counts = [len(o) for o in clip]
         areas = [o[2] for frame in clip for o in frame] or [0]
-        steps = [math.dist(clip[f][i][:2], clip[f + 1][j][:2]) for f in range(len(clip) - 1)
-                 for i, j in _match(clip[f], clip[f + 1])] or [0]
+        steps = [step for per_frame in centroid_steps(clip) for step in per_frame] or [0]
         rows.append([np.mean(counts), np.std(counts), np.mean(areas) / 10, np.std(areas) / 10,
                      np.mean(steps), np.std(steps)])
     return torch.cat([hist * 10, torch.tensor(rows, dtype=torch.float32)], 1).double()
+
+
+# The columns of video_features by what they describe, to ask which of them a Frechet distance comes from.
+FEATURE_GROUPS = dict(colour=slice(0, len(PALETTE) + 2), count=slice(-6, -4), size=slice(-4, -2), motion=slice(-2, None))
 
 
 def frechet_distance(features_a, features_b):

@@ -8,7 +8,10 @@ plan and context rule, read from its checkpoint):
 - cleanliness: pixels that are background or a palette colour; objects/frame and its error against
   the real data; label agreement (seen shape and colour match the label); track jitter (mean
   |acceleration| of object centroids); area change of matched objects from frame to frame.
-- Frechet distance between per-video features of model and real clips (data.py).
+- Frechet distance between per-video features of model and real clips (data.py), in all and on each
+  group of features alone (colour, count, size, motion: which of them the distance comes from).
+- chunk rhythm: the mean centroid step within a chunk and across chunk boundaries, and their ratio
+  (`chunk_stutter`, 1 for the world): does a student move its objects in the rhythm of its chunks?
 - motion (flow.py): amplitude ratio to the real data, coherence.
 - drift over a rollout 10x the training length (students only; PAPER.md, "Exposure-bias alignment"):
   slope of the mean colour saturation per 100 frames, and its last quarter over its first quarter
@@ -25,10 +28,12 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import NUM_LABELS, frame_objects, frechet_distance, make_clips, nearest_color, video_features, world_metrics
+from data import (FEATURE_GROUPS, NUM_LABELS, centroid_steps, frame_objects, frechet_distance, make_clips, nearest_color,
+                  video_features, world_metrics)
 from flow import motion_metrics
 from model import build_model, load_checkpoint
 from sample import GUIDANCE_CUTOFF, pick_device, plan_by_name, sample_teacher, stream, teacher_forward_passes
@@ -40,10 +45,28 @@ def saturation(video):
     return (video.amax(2) - video.amin(2)).mean((0, 2, 3))
 
 
-def measure(video, labels, real):
+def chunk_rhythm(objects, chunk_frames):
+    """Mean centroid step (px) from a frame to the next inside a chunk and across a chunk boundary, and
+    the second over the first. A student that draws a chunk's frames too much alike and catches up at
+    the next chunk's first frame stutters in the rhythm of its chunks (ratio above 1); the world reads 1."""
+    within, across = [], []
+    for clip in objects:
+        for frame_index, steps in enumerate(centroid_steps(clip)):
+            (across if (frame_index + 1) % chunk_frames == 0 else within).extend(steps)
+    if not within or not across:
+        return dict(step_within=float("nan"), step_across=float("nan"), chunk_stutter=float("nan"))
+    return dict(step_within=float(np.mean(within)), step_across=float(np.mean(across)),
+                chunk_stutter=float(np.mean(across) / np.mean(within)))
+
+
+def measure(video, labels, real, chunk_frames):
     objects = frame_objects(video)
     metrics = world_metrics(video, labels, objects)
-    metrics["frechet"] = frechet_distance(video_features(video, objects), real["features"])
+    features = video_features(video, objects)
+    metrics["frechet"] = frechet_distance(features, real["features"])
+    for group, columns in FEATURE_GROUPS.items():
+        metrics[f"frechet_{group}"] = frechet_distance(features[:, columns], real["features"][:, columns])
+    metrics.update(chunk_rhythm(objects, chunk_frames))
     metrics.update(motion_metrics(video, objects))
     metrics["amplitude_ratio"] = metrics["amplitude"] / real["amplitude"]
     metrics["object_error"] = abs(metrics["objects_per_frame"] - real["objects_per_frame"]) / real["objects_per_frame"]
@@ -132,7 +155,7 @@ def main(argv=None):
     real = dict(features=video_features(reference), amplitude=motion_metrics(reference)["amplitude"],
                 objects_per_frame=world_metrics(reference, labels)["objects_per_frame"])
     second = make_clips(args.num, config.frames, config.image_size, seed=20_000 + args.seed, labels=labels)["video"]
-    rows = {"real data": measure(second, labels, real)}
+    rows = {"real data": measure(second, labels, real, config.chunk_frames)}
     long_frames = args.long_factor * config.frames
     long_labels = torch.arange(args.long_num) % NUM_LABELS
     real_long = make_clips(args.long_num, long_frames, config.image_size, seed=30_000 + args.seed, labels=long_labels)["video"]
@@ -143,7 +166,7 @@ def main(argv=None):
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
         video = generate(model, state, labels, mconfig.frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
-        rows[path] = measure(video, labels, real)
+        rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
             recipe = state["train_config"]
@@ -157,12 +180,14 @@ def main(argv=None):
     print(f"{args.num} samples per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference")
-    columns = ["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter", "area_change",
-               "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift", "stream_jitter",
-               "stream_area_change"]
-    print(f"{'':24s}" + "".join(f"{c[:15]:>16s}" for c in columns))
-    for name, metrics in rows.items():
-        print(f"{name[-24:]:24s}" + "".join(f"{metrics.get(c, float('nan')):16.3f}" for c in columns))
+    for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
+                     "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
+                     "stream_jitter", "stream_area_change"],
+                    ["frechet", *(f"frechet_{group}" for group in FEATURE_GROUPS), "step_within", "step_across",
+                     "chunk_stutter"]):
+        print(f"{'':24s}" + "".join(f"{c[:15]:>16s}" for c in columns))
+        for name, metrics in rows.items():
+            print(f"{name[-24:]:24s}" + "".join(f"{metrics.get(c, float('nan')):16.3f}" for c in columns))
     plot(rows, long_videos, real_long, args.plot_dir)
     print(json.dumps({name: {k: round(v, 4) for k, v in m.items()} for name, m in rows.items()}))
 

@@ -8,7 +8,7 @@ import torch
 
 import evaluate
 import train
-from data import make_clips
+from data import FEATURE_GROUPS, frame_objects, frechet_distance, make_clips, video_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,3 +40,27 @@ def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffle
     assert gliding["stream_area_change"] < 0.2
     longer = torch.cat([video, torch.rand_like(video)], 1)  # frames past the first 32 are not read
     assert evaluate.stream_smoothness(longer, labels, 32) == gliding
+
+
+def test_chunk_rhythm_reads_one_for_the_world_and_flags_a_chunk_stutter():
+    clips = make_clips(16, frames=24, seed=5)
+    world = evaluate.chunk_rhythm(frame_objects(clips["video"]), chunk_frames=2)
+    assert 0.9 < world["chunk_stutter"] < 1.1
+    # keep frames 0, 1, 3, 4, 6, 7, ...: one step of the world inside each 2-frame chunk, two across
+    stutter_frames = [frame for start in range(0, 24, 3) for frame in (start, start + 1)]
+    stuttering = evaluate.chunk_rhythm(frame_objects(clips["video"][:, stutter_frames]), chunk_frames=2)
+    assert abs(stuttering["step_within"] - world["step_within"]) < 0.2
+    assert stuttering["chunk_stutter"] > 1.6
+
+
+def test_frechet_groups_cover_the_features_and_single_out_what_changed():
+    video = make_clips(32, seed=6)["video"]
+    reference = video_features(make_clips(32, seed=7)["video"])
+    columns = torch.arange(reference.shape[1])
+    assert sorted(torch.cat([columns[group] for group in FEATURE_GROUPS.values()]).tolist()) == columns.tolist()
+    shuffled = video[:, torch.randperm(video.shape[1], generator=torch.Generator().manual_seed(0))]
+    features = [video_features(v) for v in (video, shuffled)]
+    by_group = {name: [frechet_distance(f[:, group], reference[:, group]) for f in features]
+                for name, group in FEATURE_GROUPS.items()}
+    assert by_group["colour"][0] == pytest.approx(by_group["colour"][1])  # the same frames, in another order
+    assert by_group["motion"][1] > 5 * by_group["motion"][0]
