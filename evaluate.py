@@ -18,8 +18,9 @@ plan and context rule, read from its checkpoint):
   (1 = no drift; oversaturation shows as > 1). The same rollouts' first 2x training length (32
   frames) give track jitter and area change over streams past the training length.
 
-Plus two pictures: quality over time on long rollouts (the paper's "average quality over time"
-figure) and NFE against Frechet distance. Fixed seeds; the sample counts are printed; a JSON last line.
+Plus three pictures: quality over time on long rollouts (the paper's "average quality over time"
+figure), NFE against Frechet distance, and the chunk rhythm (mean step from each frame to the next).
+Fixed seeds; the sample counts are printed; a JSON last line.
 
     python evaluate.py --ckpt assets/teacher.pt assets/student.pt --num 256
 """
@@ -67,6 +68,10 @@ def measure(video, labels, real, chunk_frames):
     for group, columns in FEATURE_GROUPS.items():
         metrics[f"frechet_{group}"] = frechet_distance(features[:, columns], real["features"][:, columns])
     metrics.update(chunk_rhythm(objects, chunk_frames))
+    # mean step from frame f to f + 1, for each f: the chunk rhythm as a picture (chunk_rhythm.png)
+    metrics["step_profile"] = [float(np.mean(steps)) if steps else float("nan")
+                               for steps in ([s for clip_steps in transition for s in clip_steps]
+                                             for transition in zip(*(centroid_steps(clip) for clip in objects)))]
     metrics.update(motion_metrics(video, objects))
     metrics["amplitude_ratio"] = metrics["amplitude"] / real["amplitude"]
     metrics["object_error"] = abs(metrics["objects_per_frame"] - real["objects_per_frame"]) / real["objects_per_frame"]
@@ -105,7 +110,7 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance, gu
     return torch.cat(videos)
 
 
-def plot(rows, long_videos, real_long, out_dir):
+def plot(rows, long_videos, real_long, chunk_frames, out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,6 +133,16 @@ def plot(rows, long_videos, real_long, out_dir):
     ax.set(xscale="log", xlabel="NFE per 16-frame video", ylabel="Frechet distance to real data (lower is better)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "nfe_quality.png"), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, metrics in rows.items():
+        ax.plot(range(1, len(metrics["step_profile"]) + 1), metrics["step_profile"], marker=".", lw=1, label=os.path.basename(name))
+    for boundary in range(chunk_frames, len(rows["real data"]["step_profile"]) + 1, chunk_frames):
+        ax.axvline(boundary, color="0.85", lw=0.8, zorder=0)
+    ax.set(xlabel="step from frame f - 1 to f (grey: f starts a chunk)", ylabel="mean centroid step (px)",
+           title="chunk rhythm: how far objects move between frames")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "chunk_rhythm.png"), dpi=100)
     print(f"wrote {out_dir}/quality_over_time.png and {out_dir}/nfe_quality.png")
 
 
@@ -188,8 +203,9 @@ def main(argv=None):
         print(f"{'':24s}" + "".join(f"{c[:15]:>16s}" for c in columns))
         for name, metrics in rows.items():
             print(f"{name[-24:]:24s}" + "".join(f"{metrics.get(c, float('nan')):16.3f}" for c in columns))
-    plot(rows, long_videos, real_long, args.plot_dir)
-    print(json.dumps({name: {k: round(v, 4) for k, v in m.items()} for name, m in rows.items()}))
+    plot(rows, long_videos, real_long, config.chunk_frames, args.plot_dir)
+    print(json.dumps({name: {k: [round(x, 3) for x in v] if isinstance(v, list) else round(v, 4) for k, v in m.items()}
+                      for name, m in rows.items()}))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def test_teacher_row_counts_guided_steps_twice(teacher, tmp_path, capsys, cutoff
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rows[teacher]["nfe"] == nfe
     assert 0 <= rows[teacher]["cleanliness"] <= 1 and "real data" in rows
-    assert (tmp_path / "nfe_quality.png").exists()
+    assert (tmp_path / "nfe_quality.png").exists() and (tmp_path / "chunk_rhythm.png").exists()
+    assert len(rows["real data"]["step_profile"]) == 3  # one mean step per pair of consecutive frames (tiny: 4 frames)
 
 
 def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffled():
