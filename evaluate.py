@@ -46,14 +46,15 @@ def saturation(video):
     return (video.amax(2) - video.amin(2)).mean((0, 2, 3))
 
 
-def chunk_rhythm(objects, chunk_frames):
+def chunk_rhythm(steps, chunk_frames):
     """Mean centroid step (px) from a frame to the next inside a chunk and across a chunk boundary, and
-    the second over the first. A student that draws a chunk's frames too much alike and catches up at
-    the next chunk's first frame stutters in the rhythm of its chunks (ratio above 1); the world reads 1."""
+    the second over the first (steps: data.centroid_steps of each clip). A student that draws a chunk's
+    frames too much alike and catches up at the next chunk's first frame stutters in the rhythm of its
+    chunks (ratio above 1); the world reads 1."""
     within, across = [], []
-    for clip in objects:
-        for frame_index, steps in enumerate(centroid_steps(clip)):
-            (across if (frame_index + 1) % chunk_frames == 0 else within).extend(steps)
+    for clip_steps in steps:
+        for frame_index, frame_steps in enumerate(clip_steps):
+            (across if (frame_index + 1) % chunk_frames == 0 else within).extend(frame_steps)
     if not within or not across:
         return dict(step_within=float("nan"), step_across=float("nan"), chunk_stutter=float("nan"))
     return dict(step_within=float(np.mean(within)), step_across=float(np.mean(across)),
@@ -67,11 +68,11 @@ def measure(video, labels, real, chunk_frames):
     metrics["frechet"] = frechet_distance(features, real["features"])
     for group, columns in FEATURE_GROUPS.items():
         metrics[f"frechet_{group}"] = frechet_distance(features[:, columns], real["features"][:, columns])
-    metrics.update(chunk_rhythm(objects, chunk_frames))
-    # mean step from frame f to f + 1, for each f: the chunk rhythm as a picture (chunk_rhythm.png)
-    metrics["step_profile"] = [float(np.mean(steps)) if steps else float("nan")
-                               for steps in ([s for clip_steps in transition for s in clip_steps]
-                                             for transition in zip(*(centroid_steps(clip) for clip in objects)))]
+    steps = [centroid_steps(clip) for clip in objects]
+    metrics.update(chunk_rhythm(steps, chunk_frames))
+    # the mean step from frame f to f + 1 over all clips, for each f: the chunk rhythm as a picture
+    metrics["step_profile"] = [float(np.mean(sum(frame_steps, []))) if any(frame_steps) else float("nan")
+                               for frame_steps in zip(*steps)]
     metrics.update(motion_metrics(video, objects))
     metrics["amplitude_ratio"] = metrics["amplitude"] / real["amplitude"]
     metrics["object_error"] = abs(metrics["objects_per_frame"] - real["objects_per_frame"]) / real["objects_per_frame"]
@@ -143,7 +144,7 @@ def plot(rows, long_videos, real_long, chunk_frames, out_dir):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "chunk_rhythm.png"), dpi=100)
-    print(f"wrote {out_dir}/quality_over_time.png and {out_dir}/nfe_quality.png")
+    print(f"wrote {out_dir}/quality_over_time.png, {out_dir}/nfe_quality.png and {out_dir}/chunk_rhythm.png")
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import torch
 
 import evaluate
 import train
-from data import FEATURE_GROUPS, frame_objects, frechet_distance, make_clips, video_features
+from data import FEATURE_GROUPS, centroid_steps, frame_objects, frechet_distance, make_clips, video_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,11 +45,12 @@ def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffle
 
 def test_chunk_rhythm_reads_one_for_the_world_and_flags_a_chunk_stutter():
     clips = make_clips(16, frames=24, seed=5)
-    world = evaluate.chunk_rhythm(frame_objects(clips["video"]), chunk_frames=2)
+    world = evaluate.chunk_rhythm([centroid_steps(clip) for clip in frame_objects(clips["video"])], chunk_frames=2)
     assert 0.9 < world["chunk_stutter"] < 1.1
     # keep frames 0, 1, 3, 4, 6, 7, ...: one step of the world inside each 2-frame chunk, two across
     stutter_frames = [frame for start in range(0, 24, 3) for frame in (start, start + 1)]
-    stuttering = evaluate.chunk_rhythm(frame_objects(clips["video"][:, stutter_frames]), chunk_frames=2)
+    stuttering = evaluate.chunk_rhythm([centroid_steps(clip) for clip in frame_objects(clips["video"][:, stutter_frames])],
+                                       chunk_frames=2)
     assert abs(stuttering["step_within"] - world["step_within"]) < 0.2
     assert stuttering["chunk_stutter"] > 1.6
 
