@@ -130,13 +130,13 @@ def plot(rows, long_videos, real_long, chunk_frames, out_dir):
     for name, metrics in rows.items():
         if "nfe" in metrics:
             ax.scatter(metrics["nfe"], metrics["frechet"])
-            ax.annotate(os.path.basename(name), (metrics["nfe"], metrics["frechet"]), fontsize=7)
+            ax.annotate(name, (metrics["nfe"], metrics["frechet"]), fontsize=7)
     ax.set(xscale="log", xlabel="NFE per 16-frame video", ylabel="Frechet distance to real data (lower is better)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "nfe_quality.png"), dpi=100)
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for name, metrics in rows.items():
-        ax.plot(range(1, len(metrics["step_profile"]) + 1), metrics["step_profile"], marker=".", lw=1, label=os.path.basename(name))
+        ax.plot(range(1, len(metrics["step_profile"]) + 1), metrics["step_profile"], marker=".", lw=1, label=name)
     for boundary in range(chunk_frames, len(rows["real data"]["step_profile"]) + 1, chunk_frames):
         ax.axvline(boundary, color="0.85", lw=0.8, zorder=0)
     ax.set(xlabel="step from frame f - 1 to f (grey: f starts a chunk)", ylabel="mean centroid step (px)",
