@@ -68,6 +68,7 @@ class DistillConfig:
     dmd_weight: float = 1.0
     flow_weight: float = 1.0
     flow_repr: str = "diff"       # diff: frame differences (the paper's code); flow: flow.py's estimator
+    flow_level: float = 0.0       # if set, the flow loss's median noise level, drawn apart from DMD's (0: DMD's)
     regression_weight: float = 0.0  # stage 1's loss kept on in stage 2, as in the first DMD paper (0: off)
     noise_mean: float = 0.5       # DMD and critic levels: logit-normal, as in the teacher's training
     noise_std: float = 1.0
@@ -90,6 +91,8 @@ def check(config):
         raise SystemExit(f"error: unknown context {config.context!r}; use one of {', '.join(CONTEXT_RULES)}")
     if config.flow_repr not in FLOW_REPRS:
         raise SystemExit(f"error: flow_repr must be one of {', '.join(FLOW_REPRS)}, got {config.flow_repr!r}")
+    if not 0 <= config.flow_level < 1:
+        raise SystemExit(f"error: flow_level is a noise level in (0, 1), or 0 to share DMD's levels; got {config.flow_level}")
     if config.critic_updates < 1 or config.batch_size < 1:
         raise SystemExit("error: critic_updates and batch_size must be at least 1")
 
@@ -168,8 +171,19 @@ def ode_loss(student, states, plan, context, labels, generator):
     return torch.stack(losses).mean()
 
 
-def sample_levels(config, batch_size, generator, device):
-    return torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(batch_size, generator=generator)).to(device)
+def sample_levels(mean, std, batch_size, generator, device):
+    return torch.sigmoid(mean + std * torch.randn(batch_size, generator=generator)).to(device)
+
+
+@torch.no_grad()
+def score_predictions(teacher, critic, config, video, levels, labels, generator):
+    """The critic's ("fake") and the guided teacher's ("real") clean clips from `video` noised to `levels`."""
+    s = levels[:, None, None, None, None]
+    eps = torch.randn(video.shape, generator=generator).to(video.device)
+    noisy = (1 - s) * video.detach() + s * eps
+    real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance,
+                               config.real_guidance_cutoff or config.guidance_cutoff)
+    return predict_clean(critic, noisy, levels, labels), real_clean
 
 
 def generator_loss(student, teacher, critic, config, plan, train_context, labels, generator):
@@ -177,16 +191,18 @@ def generator_loss(student, teacher, critic, config, plan, train_context, labels
     exit_steps = [torch.randint(len(levels), (1,), generator=generator).item() for levels in plan]
     noise = NoiseSource(torch.randint(2 ** 30, (1,), generator=generator).item(), len(labels), student.config, labels.device)
     video = rollout(student, plan, train_context, labels, noise, exit_steps)
-    levels = sample_levels(config, len(labels), generator, labels.device)
-    s = levels[:, None, None, None, None]
-    eps = torch.randn(video.shape, generator=generator).to(video.device)
-    noisy = (1 - s) * video.detach() + s * eps
-    with torch.no_grad():
-        real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance,
-                                   config.real_guidance_cutoff or config.guidance_cutoff)
-        fake_clean = predict_clean(critic, noisy, levels, labels)
+    levels = sample_levels(config.noise_mean, config.noise_std, len(labels), generator, labels.device)
+    fake_clean, real_clean = score_predictions(teacher, critic, config, video, levels, labels, generator)
     dmd = dmd_loss(video, fake_clean, real_clean)
-    motion = flow_dmd_loss(video, fake_clean, real_clean, config.flow_repr) if config.flow_weight else torch.zeros(())
+    if not config.flow_weight:
+        return config.dmd_weight * dmd, dmd.detach(), torch.zeros(())
+    if config.flow_level:
+        # The motion at its own levels: a step of 2 px against one of 1.5 px is lost in the noise at the
+        # DMD levels (around 0.88), which are set high to hold the objects' shapes (README, "The student").
+        levels = sample_levels(math.log(config.flow_level / (1 - config.flow_level)), config.noise_std,
+                               len(labels), generator, labels.device)
+        fake_clean, real_clean = score_predictions(teacher, critic, config, video, levels, labels, generator)
+    motion = flow_dmd_loss(video, fake_clean, real_clean, config.flow_repr)
     return config.dmd_weight * dmd + config.flow_weight * motion, dmd.detach(), motion.detach()
 
 

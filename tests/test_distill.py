@@ -145,11 +145,37 @@ def test_critic_objective_settings_reach_its_loss(teacher, tmp_path, monkeypatch
     assert seen and set(seen) == {expected}
 
 
+@pytest.mark.parametrize("flow_flags, flow_level", [((), 0.62), (("--flow_level=0.2",), 0.2)])
+def test_flow_loss_reads_the_scores_at_its_own_levels(teacher, tmp_path, monkeypatch, flow_flags, flow_level):
+    predictions, dmd_levels, flow_levels = [], [], []  # (clean clip, the level it was predicted at)
+    real_predict, real_dmd, real_flow = distill.predict_clean, distill.dmd_loss, distill.flow_dmd_loss
+
+    def level_of(clean):
+        return next(level for seen, level in predictions if seen is clean)
+
+    def predict(model, video, levels, labels, *guidance):
+        clean = real_predict(model, video, levels, labels, *guidance)
+        predictions.append((clean, levels.mean().item()))
+        return clean
+    monkeypatch.setattr(distill, "predict_clean", predict)
+    monkeypatch.setattr(distill, "dmd_loss", lambda video, fake, real: dmd_levels.extend(map(level_of, (fake, real)))
+                        or real_dmd(video, fake, real))
+    monkeypatch.setattr(distill, "flow_dmd_loss", lambda video, fake, real, repr: flow_levels.extend(map(level_of, (fake, real)))
+                        or real_flow(video, fake, real, repr))
+    # a narrow level distribution: DMD's levels sit at sigmoid(noise_mean) = 0.62, the flow loss's at its own
+    distill.main(tiny_args(teacher, tmp_path, "--noise_mean=0.5", "--noise_std=0.001", *flow_flags))
+    assert len(dmd_levels) == len(flow_levels) == 4  # two generator steps, a fake and a real score each
+    assert dmd_levels == pytest.approx([0.62] * 4, abs=0.01)
+    assert flow_levels == pytest.approx([flow_level] * 4, abs=0.01)
+
+
 def test_clear_errors(teacher, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "distill.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     bad_context = run(*tiny_args(teacher, tmp_path, "--context=dirty"))
     assert bad_context.returncode != 0 and "unknown context" in bad_context.stderr.strip().splitlines()[-1]
+    bad_level = run(*tiny_args(teacher, tmp_path, "--flow_level=1.5"))
+    assert bad_level.returncode != 0 and "flow_level is a noise level" in bad_level.stderr.strip().splitlines()[-1]
     missing = run(*tiny_args(tmp_path / "nope.pt", tmp_path))
     assert missing.returncode != 0 and "no checkpoint at" in missing.stderr.strip().splitlines()[-1]
     distill.main(tiny_args(teacher, tmp_path / "student"))
