@@ -160,8 +160,8 @@ def test_flow_loss_reads_the_scores_at_its_own_levels(teacher, tmp_path, monkeyp
     monkeypatch.setattr(distill, "predict_clean", predict)
     monkeypatch.setattr(distill, "dmd_loss", lambda video, fake, real: dmd_levels.extend(map(level_of, (fake, real)))
                         or real_dmd(video, fake, real))
-    monkeypatch.setattr(distill, "flow_dmd_loss", lambda video, fake, real, repr: flow_levels.extend(map(level_of, (fake, real)))
-                        or real_flow(video, fake, real, repr))
+    monkeypatch.setattr(distill, "flow_dmd_loss", lambda video, fake, real, flow_repr: flow_levels.extend(map(level_of, (fake, real)))
+                        or real_flow(video, fake, real, flow_repr))
     # a narrow level distribution: DMD's levels sit at sigmoid(noise_mean) = 0.62, the flow loss's at its own
     distill.main(tiny_args(teacher, tmp_path, "--noise_mean=0.5", "--noise_std=0.001", *flow_flags))
     assert len(dmd_levels) == len(flow_levels) == 4  # two generator steps, a fake and a real score each
