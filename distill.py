@@ -70,6 +70,8 @@ class DistillConfig:
     flow_repr: str = "diff"       # diff: frame differences (the paper's code); flow: flow.py's estimator
     flow_level: float = 0.0       # if set, the flow loss's median noise level, drawn apart from DMD's (0: DMD's)
     regression_weight: float = 0.0  # stage 1's loss kept on in stage 2, as in the first DMD paper (0: off)
+    anchor_chunk_mean: bool = False  # the stage-2 anchor on each chunk's mean frame only, leaving its frames'
+                                     # motion to DMD (not shipped: README, "The anchor on chunk means")
     noise_mean: float = 0.5       # DMD and critic levels: logit-normal, as in the teacher's training
     noise_std: float = 1.0
     critic_motion_weight: float = 0.0  # the critic's flow-matching loss: train.py's motion_weight and
@@ -151,7 +153,7 @@ def ode_pairs(teacher, config, num_chunks, device, master):
     return pairs
 
 
-def ode_loss(student, states, plan, context, labels, generator):
+def ode_loss(student, states, plan, context, labels, generator, chunk_mean=False):
     """Stage 1: per chunk, from the teacher's state at a random step of the chunk's plan, predict the
     teacher's final chunk; then leave the chunk in the cache as the context rule would at inference."""
     c = student.config
@@ -163,7 +165,8 @@ def ode_loss(student, states, plan, context, labels, generator):
         offset = chunk_index * Fc
         level = levels[torch.randint(len(levels), (1,), generator=generator).item()]
         clean = step(states[level][:, frames], torch.full((B, Fc), level, device=labels.device), offset)
-        losses.append((clean - target[:, frames]).square().mean())
+        error = clean - target[:, frames]
+        losses.append((error.mean(1) if chunk_mean else error).square().mean())
         cache_level = context_level(context, levels)
         cache_level = levels[-1] if cache_level is None else cache_level  # `last`: the chunk's last input
         with torch.no_grad():
@@ -283,11 +286,11 @@ def main(argv):
     if step < config.ode_steps or config.regression_weight:
         pairs = ode_pairs(teacher, config, num_chunks, device, master)
 
-    def regression(generator):
+    def regression(generator, chunk_mean=False):
         """Stage 1's loss on a random batch of teacher trajectories (also stage 2's anchor, if weighted)."""
         index = torch.randint(config.ode_pairs, (config.batch_size,), generator=generator).to(device)
         states = {level: s[index] for level, s in pairs["states"].items()}
-        return ode_loss(student, states, plan, train_context, pairs["labels"][index], generator)
+        return ode_loss(student, states, plan, train_context, pairs["labels"][index], generator, chunk_mean)
 
     if master:
         print(f"distill: {config.teacher} -> {config.out_dir}; plan {config.plan} {[len(l) for l in plan]}, context "
@@ -325,7 +328,7 @@ def main(argv):
                 update(critic, critic_optimizer, loss, config.grad_clip, world)
                 critic_losses.append(loss.item())
             loss, dmd, motion = generator_loss(student, teacher, critic, config, plan, train_context, labels, generator)
-            anchor = regression(generator) if config.regression_weight else torch.zeros(())
+            anchor = regression(generator, config.anchor_chunk_mean) if config.regression_weight else torch.zeros(())
             update(student, generator_optimizer, loss + config.regression_weight * anchor, config.grad_clip, world)
             for name, value in (("dmd", dmd.item()), ("flow", motion.item()), ("critic", sum(critic_losses) / len(critic_losses)),
                                 ("regression", anchor.item())):

@@ -202,3 +202,29 @@ def test_shipped_student_streams_the_toy_world(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "stream.gif").exists() and (tmp_path / "stream.npz").exists()
+
+
+def test_chunk_mean_anchor_leaves_the_motion_inside_a_chunk_free(teacher):
+    # Moving the target's two frames of a chunk apart (+d on one, -d on the other) keeps each chunk's mean
+    # frame, so the chunk-mean anchor must not notice; the full regression must.
+    _, config = load_checkpoint(teacher)
+    torch.manual_seed(0)
+    student = VideoDiT(config, causal=True).eval()
+    for p in student.parameters():  # a fresh model predicts 0 everywhere; give it something to say
+        torch.nn.init.normal_(p, std=0.2)
+    plan = distill.PLANS["diagonal"](config.frames // config.chunk_frames)
+    labels = torch.tensor([0, 5])
+    shape = (len(labels), config.frames, 3, config.image_size, config.image_size)
+    states = {level: torch.randn(shape) for levels in plan for level in levels}
+    states[0.0] = torch.randn(shape)
+    moved = dict(states)
+    apart = torch.randn(shape[:1] + shape[2:])
+    moved[0.0] = states[0.0].clone()
+    moved[0.0][:, 0::2] += apart[:, None]
+    moved[0.0][:, 1::2] -= apart[:, None]
+
+    def loss(states, chunk_mean):
+        return distill.ode_loss(student, states, plan, "last", labels, torch.Generator().manual_seed(1), chunk_mean)
+
+    assert loss(moved, True).item() == pytest.approx(loss(states, True).item(), rel=1e-5)
+    assert loss(moved, False).item() > 1.1 * loss(states, False).item()
