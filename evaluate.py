@@ -158,6 +158,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: guidance scale")
     parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
+    parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
     device = pick_device()
@@ -166,11 +167,14 @@ def main(argv=None):
     if any(m[2] != config for m in models):
         raise SystemExit("error: the checkpoints have different model configs; evaluate one world size at a time")
     labels = torch.arange(args.num) % NUM_LABELS
+    frames = args.frames or config.frames
+    if frames < 3:
+        raise SystemExit(f"error: --frames must be at least 3 (jitter needs three frames), got {frames}")
     # the reference real clips share the samples' labels; a second real set gives the real-vs-real row
-    reference = make_clips(args.num, config.frames, config.image_size, seed=10_000 + args.seed, labels=labels)["video"]
+    reference = make_clips(args.num, frames, config.image_size, seed=10_000 + args.seed, labels=labels)["video"]
     real = dict(features=video_features(reference), amplitude=motion_metrics(reference)["amplitude"],
                 objects_per_frame=world_metrics(reference, labels)["objects_per_frame"])
-    second = make_clips(args.num, config.frames, config.image_size, seed=20_000 + args.seed, labels=labels)["video"]
+    second = make_clips(args.num, frames, config.image_size, seed=20_000 + args.seed, labels=labels)["video"]
     rows = {"real data": measure(second, labels, real, config.chunk_frames)}
     long_frames = args.long_factor * config.frames
     long_labels = torch.arange(args.long_num) % NUM_LABELS
@@ -181,7 +185,7 @@ def main(argv=None):
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
-        video = generate(model, state, labels, mconfig.frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
+        video = generate(model, state, labels, frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
         rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
@@ -193,7 +197,7 @@ def main(argv=None):
         else:
             rows[path]["nfe"] = teacher_forward_passes(args.steps, args.guidance, args.guidance_cutoff)
 
-    print(f"{args.num} samples per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
+    print(f"{args.num} samples of {frames} frames per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference")
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",

@@ -32,6 +32,14 @@ def test_teacher_row_counts_guided_steps_twice(teacher, tmp_path, capsys, cutoff
     assert len(rows["real data"]["step_profile"]) == 3  # one mean step per pair of consecutive frames (tiny: 4 frames)
 
 
+def test_frames_option_sets_the_clip_length_of_the_main_table(teacher, tmp_path, capsys):
+    evaluate.main(["--ckpt", teacher, "--num", "2", "--steps", "2", "--frames", "6", "--plot_dir", str(tmp_path)])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(rows["real data"]["step_profile"]) == len(rows[teacher]["step_profile"]) == 5  # tiny trains on 4
+    with pytest.raises(SystemExit, match="at least 3"):
+        evaluate.main(["--ckpt", teacher, "--frames", "2"])
+
+
 def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffled():
     clips = make_clips(8, frames=32, seed=3)
     video, labels = clips["video"], clips["labels"]
