@@ -59,6 +59,8 @@ class DistillConfig:
     ode_pairs: int = 128          # teacher trajectories, made once and cached in pairs_path
     pairs_path: str = "out/ode_pairs.pt"
     teacher_steps: int = 24       # Euler steps of the teacher's ODE (the student's levels are added)
+    ode_margin: int = 0           # frames the teacher draws beyond each end of the clip, then dropped: its
+                                  # objects are slow at a clip's ends (README, "How slow, and where")
     ode_lr: float = 3e-4
     # stage 2: DMD
     dmd_steps: int = 200
@@ -95,6 +97,8 @@ def check(config):
         raise SystemExit(f"error: flow_repr must be one of {', '.join(FLOW_REPRS)}, got {config.flow_repr!r}")
     if not 0 <= config.flow_level < 1:
         raise SystemExit(f"error: flow_level is a noise level in (0, 1), or 0 to share DMD's levels; got {config.flow_level}")
+    if config.ode_margin < 0:
+        raise SystemExit(f"error: ode_margin counts frames and cannot be negative, got {config.ode_margin}")
     if config.critic_updates < 1 or config.batch_size < 1:
         raise SystemExit("error: critic_updates and batch_size must be at least 1")
 
@@ -135,7 +139,8 @@ def ode_pairs(teacher, config, num_chunks, device, master):
     with open(config.teacher, "rb") as f:
         teacher_sha256 = hashlib.sha256(f.read()).hexdigest()
     made_with = dict(teacher_sha256=teacher_sha256, pairs=config.ode_pairs, teacher_steps=config.teacher_steps,
-                     guidance=config.guidance, guidance_cutoff=config.guidance_cutoff, seed=config.seed, num_chunks=num_chunks)
+                     guidance=config.guidance, guidance_cutoff=config.guidance_cutoff, seed=config.seed, num_chunks=num_chunks,
+                     margin=config.ode_margin)
     if os.path.isfile(config.pairs_path):
         pairs = torch.load(config.pairs_path, map_location=device)
         if pairs["made_with"] == made_with:
@@ -144,10 +149,12 @@ def ode_pairs(teacher, config, num_chunks, device, master):
             print(f"{config.pairs_path} was made with other settings ({pairs['made_with']}); making new pairs")
     keep = {level for make_plan in PLANS.values() for levels in make_plan(num_chunks) for level in levels} | {LAST_LEVEL}
     labels = torch.arange(config.ode_pairs, device=device) % NUM_LABELS
-    batches = [teacher_trajectories(teacher, labels[i:i + 32], teacher.config.frames, keep, config.teacher_steps,
+    frames, margin = teacher.config.frames, config.ode_margin
+    batches = [teacher_trajectories(teacher, labels[i:i + 32], frames + 2 * margin, keep, config.teacher_steps,
                                     config.guidance, config.guidance_cutoff, seed=config.seed + i)
                for i in tqdm(range(0, config.ode_pairs, 32), desc="teacher ODE pairs", disable=not master)]
-    pairs = dict(made_with=made_with, labels=labels, states={k: torch.cat([b[k] for b in batches]) for k in batches[0]})
+    states = {k: torch.cat([b[k][:, margin:margin + frames] for b in batches]) for k in batches[0]}
+    pairs = dict(made_with=made_with, labels=labels, states=states)
     if master:
         save_checkpoint(pairs, config.pairs_path)
     return pairs

@@ -106,6 +106,27 @@ def test_ode_pairs_are_remade_for_a_retrained_teacher(teacher, tmp_path, monkeyp
     assert torch.load(config.pairs_path, weights_only=False)["made_with"] == remade["made_with"]
 
 
+def test_ode_margin_keeps_the_middle_of_a_longer_teacher_clip(teacher, tmp_path):
+    # with a margin the teacher draws 2 frames more at each end and the pairs are its clip's middle, state
+    # by state: the same numbers as a longer trajectory cropped, not a 16-frame one
+    state, model_config = load_checkpoint(teacher)
+    model = VideoDiT(model_config).eval()
+    model.load_state_dict(state["ema"])
+    config = distill.DistillConfig(teacher=teacher, ode_pairs=2, teacher_steps=2, ode_margin=2,
+                                   pairs_path=str(tmp_path / "pairs.pt"))
+    pairs = distill.ode_pairs(model, config, 2, "cpu", master=True)
+    frames = model_config.frames
+    longer = distill.teacher_trajectories(model, pairs["labels"], frames + 4, list(pairs["states"]), 2,
+                                          config.guidance, config.guidance_cutoff, seed=config.seed)
+    plain = distill.teacher_trajectories(model, pairs["labels"], frames, list(pairs["states"]), 2,
+                                         config.guidance, config.guidance_cutoff, seed=config.seed)
+    for level, kept in pairs["states"].items():
+        assert kept.shape[1] == frames
+        assert torch.equal(kept, longer[level][:, 2:2 + frames])
+    assert not torch.allclose(pairs["states"][0.0], plain[0.0], atol=1e-3)
+    assert pairs["made_with"]["margin"] == 2
+
+
 @pytest.mark.parametrize("align, expected", [(1, "last"), (0, "clean")])
 def test_align_switch_sets_the_training_context(teacher, tmp_path, monkeypatch, align, expected):
     seen = []
@@ -176,6 +197,8 @@ def test_clear_errors(teacher, tmp_path):
     assert bad_context.returncode != 0 and "unknown context" in bad_context.stderr.strip().splitlines()[-1]
     bad_level = run(*tiny_args(teacher, tmp_path, "--flow_level=1.5"))
     assert bad_level.returncode != 0 and "flow_level is a noise level" in bad_level.stderr.strip().splitlines()[-1]
+    bad_margin = run(*tiny_args(teacher, tmp_path, "--ode_margin=-1"))
+    assert bad_margin.returncode != 0 and "ode_margin counts frames" in bad_margin.stderr.strip().splitlines()[-1]
     missing = run(*tiny_args(tmp_path / "nope.pt", tmp_path))
     assert missing.returncode != 0 and "no checkpoint at" in missing.stderr.strip().splitlines()[-1]
     distill.main(tiny_args(teacher, tmp_path / "student"))
