@@ -173,9 +173,12 @@ def world_metrics(video, labels, objects=None):
     """The quality table of one batch: cleanliness, objects per frame, label agreement (also per
     labelled shape, with the median bounding-box fill of the objects in the label's colour, which is
     what tells the shapes apart) and the smoothness of object tracks (|acceleration| of matched
-    centroids, px/frame^2)."""
+    centroids, px/frame^2) and permanence (`count_changes`: the fraction of frame-to-frame steps at
+    which the number of objects changes; the world's objects never leave the frame, so only
+    same-coloured objects that touch and part again change it)."""
     objects = frame_objects(video) if objects is None else objects
     counts = [len(o) for clip in objects for o in clip]
+    count_changes = [float(len(a) != len(b)) for clip in objects for a, b in zip(clip[:-1], clip[1:])]
     agree, jitter, area_change = [], [], []
     agree_by_shape = {shape: [] for shape in SHAPES}     # which shapes a model misses, by the label's shape
     fill_by_shape = {shape: [] for shape in SHAPES}
@@ -197,6 +200,7 @@ def world_metrics(video, labels, objects=None):
                 objects_std=float(np.std(counts)), label_agreement=float(np.mean(agree)),
                 track_jitter=float(np.median(jitter)) if jitter else float("nan"),
                 area_change=float(np.mean(area_change)) if area_change else float("nan"),
+                count_changes=float(np.mean(count_changes)) if count_changes else float("nan"),
                 **{f"label_agreement_{shape}": float(np.mean(a)) for shape, a in agree_by_shape.items() if a},
                 **{f"fill_{shape}": float(np.median(f)) for shape, f in fill_by_shape.items() if f})
 

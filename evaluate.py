@@ -6,8 +6,9 @@ plan and context rule, read from its checkpoint):
 
 - NFE: network evaluations per 16-frame video (a guided step counts 2).
 - cleanliness: pixels that are background or a palette colour; objects/frame and its error against
-  the real data; label agreement (seen shape and colour match the label); track jitter (mean
-  |acceleration| of object centroids); area change of matched objects from frame to frame.
+  the real data; label agreement (seen shape and colour match the label); track jitter (median
+  |acceleration| of object centroids); area change of matched objects from frame to frame; count
+  changes (how often the number of objects changes from a frame to the next: objects that pop in and out).
 - Frechet distance between per-video features of model and real clips (data.py), in all and on each
   group of features alone (colour, count, size, motion: which of them the distance comes from).
 - chunk rhythm: the mean centroid step within a chunk and across chunk boundaries, and their ratio
@@ -92,7 +93,8 @@ def stream_smoothness(video, labels, frames):
     """Track jitter and area change over the first `frames` frames of long streams: do objects keep
     their shape and move smoothly past the training length (issue 4 asks for 32-frame streams)?"""
     metrics = world_metrics(video[:, :frames], labels)
-    return dict(stream_jitter=metrics["track_jitter"], stream_area_change=metrics["area_change"])
+    return dict(stream_jitter=metrics["track_jitter"], stream_area_change=metrics["area_change"],
+                stream_count_changes=metrics["count_changes"])
 
 
 def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff):
@@ -204,7 +206,7 @@ def main(argv=None):
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],
                     ["frechet", *(f"frechet_{group}" for group in FEATURE_GROUPS), "step_within", "step_across",
-                     "chunk_stutter"]):
+                     "chunk_stutter", "count_changes", "stream_count_changes"]):
         print(f"{'':24s}" + "".join(f"{c[:15]:>16s}" for c in columns))
         for name, metrics in rows.items():
             print(f"{name[-24:]:24s}" + "".join(f"{metrics.get(c, float('nan')):16.3f}" for c in columns))

@@ -54,6 +54,7 @@ class TrainConfig:
     noise_std: float = 1.0
     weight_floor: float = 0.05  # the loss weights the clean-frame error by 1 / max(level, weight_floor)^2
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
+    frame_level_fraction: float = 0.0  # this fraction of clips gets a noise level per frame instead of one per clip
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
     # bookkeeping
@@ -125,19 +126,28 @@ def learning_rate(config, step):
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05):
+def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
+                       frame_level_fraction=0.0):
     """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
     device = video.device
     noise = torch.randn(video.shape, generator=generator).to(device)
-    levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator)).to(device)
+    levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))[:, None].expand(B, Fr)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
-    s = levels[:, None, None, None, None]
+    if frame_level_fraction > 0:
+        # Some clips get a level per frame (as in Diffusion Forcing): to denoise a frame noisier than its
+        # neighbours the net must carry their objects over in time, the skill a teacher whose objects
+        # pop in and out lacks. The sampler still gives every frame of a clip the same level.
+        own_levels = torch.rand(B, generator=generator) < frame_level_fraction
+        frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, Fr, generator=generator))
+        levels = torch.where(own_levels[:, None], frame_levels, levels)
+    levels = levels.to(device)
+    s = levels[:, :, None, None, None]
     noisy = (1 - s) * video + s * noise
-    velocity = model(noisy, levels[:, None].expand(B, Fr), labels).float()
+    velocity = model(noisy, levels, labels).float()
     clean = noisy - s * velocity
     error = (clean - video) / s.clamp(min=weight_floor)
     loss = error.square().mean()
@@ -237,7 +247,7 @@ def main(argv):
         with autocast:
             noise_generator = torch.Generator().manual_seed(noise_seed)
             loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
-                                      motion_weight=config.motion_weight, weight_floor=config.weight_floor)
+                                      config.motion_weight, config.weight_floor, config.frame_level_fraction)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

@@ -1,7 +1,8 @@
 """The toy world: determinism, speed-free shape checks, exact flow, and metrics that can tell good from bad."""
+import pytest
 import torch
 
-from data import COLORS, LABELS, SHAPES, frechet_distance, inside, label_index, make_clips, video_features, world_metrics
+from data import BACKGROUND, COLORS, LABELS, SHAPES, frechet_distance, inside, label_index, make_clips, video_features, world_metrics
 
 
 def test_clips_are_deterministic_and_well_formed():
@@ -47,6 +48,11 @@ def test_metrics_separate_real_from_broken_videos():
     other_shape = world_metrics(clips["video"], (clips["labels"] + len(COLORS)) % 18)   # same colour, next shape
     assert all(other_shape[f"label_agreement_{shape}"] < 0.1 for shape in SHAPES)
     assert other_shape["fill_square"] < 0.85 and other_shape["fill_circle"] < 0.65   # fills follow what is drawn
+    one_object = make_clips(8, seed=3, max_objects=1)
+    assert world_metrics(one_object["video"], one_object["labels"])["count_changes"] == 0
+    vanishing = one_object["video"].clone()
+    vanishing[:, 5] = BACKGROUND[:, None, None]             # the object is gone for one frame: 1 -> 0 -> 1
+    assert world_metrics(vanishing, one_object["labels"])["count_changes"] == pytest.approx(2 / 15)
     shuffled = clips["video"][:, torch.randperm(16)]        # same frames, teleporting objects
     assert world_metrics(shuffled, clips["labels"])["track_jitter"] > 2 * real["track_jitter"]
     other = make_clips(32, seed=2)

@@ -95,6 +95,29 @@ def test_weight_floor_caps_the_velocity_weight():
     assert loss(0.05) > loss(0.5) > loss(1.0)
 
 
+
+def test_frame_level_fraction_gives_that_share_of_clips_a_level_per_frame():
+    """Off, every frame of a clip shares its level (the draws match the old loss exactly); at 0.5 about
+    half the clips get a level per frame and the rest keep the shared one."""
+    video = torch.zeros(256, 4, 3, 4, 4)
+    seen = {}
+
+    def model(noisy, levels, labels):
+        seen["levels"] = levels
+        return noisy / levels[:, :, None, None, None]
+
+    def levels(fraction):
+        labels, generator = torch.zeros(256, dtype=torch.long), torch.Generator().manual_seed(0)
+        train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, 0.0, 0.05, fraction)
+        return seen["levels"]
+
+    shared = levels(0.0)
+    assert torch.equal(shared, shared[:, :1].expand_as(shared))
+    mixed = levels(0.5)
+    per_frame = (mixed != mixed[:, :1]).any(1)
+    assert 0.35 < per_frame.float().mean() < 0.65
+    assert torch.equal(mixed[~per_frame], shared[~per_frame])
+
 def test_checkpoint_round_trip(tmp_path):
     train.main([TINY, f"--out_dir={tmp_path}"])
     state, config = load_checkpoint(str(tmp_path / "ckpt.pt"))
