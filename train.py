@@ -128,7 +128,8 @@ def learning_rate(config, step):
 
 def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
                        frame_level_fraction=0.0):
-    """Rectified flow on whole clips: one logit-normal noise level per clip, label dropout.
+    """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
+    `frame_level_fraction` of the clips), label dropout.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
@@ -140,7 +141,8 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
     if frame_level_fraction > 0:
         # Some clips get a level per frame (as in Diffusion Forcing): to denoise a frame noisier than its
         # neighbours the net must carry their objects over in time, the skill a teacher whose objects
-        # pop in and out lacks. The sampler still gives every frame of a clip the same level.
+        # pop in and out lacks. The sampler still gives every frame of a clip the same level. Tried
+        # at full length it made the popping worse (README, "Objects that pop in and out"): off by default.
         own_levels = torch.rand(B, generator=generator) < frame_level_fraction
         frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, Fr, generator=generator))
         levels = torch.where(own_levels[:, None], frame_levels, levels)
@@ -184,6 +186,8 @@ def main(argv):
     config = parse_config(TrainConfig(), argv)
     if config.short_steps > 0 and config.short_frames < 1:
         raise SystemExit(f"error: short_steps={config.short_steps} needs short_frames >= 1 (the clip length of those steps)")
+    if not 0 <= config.frame_level_fraction <= 1:
+        raise SystemExit(f"error: frame_level_fraction={config.frame_level_fraction} is a fraction of clips; use a value from 0 to 1")
     ddp = "RANK" in os.environ
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"

@@ -162,6 +162,8 @@ def test_clear_errors(tmp_path):
     assert wrong_type.returncode != 0 and "steps must be int" in wrong_type.stderr
     no_short_length = run_cli("train.py", TINY, "--short_steps=2")
     assert no_short_length.returncode != 0 and "needs short_frames" in no_short_length.stderr
+    not_a_fraction = run_cli("train.py", TINY, "--frame_level_fraction=2")
+    assert not_a_fraction.returncode != 0 and "from 0 to 1" in not_a_fraction.stderr
     no_preset = run_cli("train.py", "config/nope.py")
     assert no_preset.returncode != 0 and "no preset file" in no_preset.stderr
 
