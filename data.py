@@ -174,8 +174,8 @@ def world_metrics(video, labels, objects=None):
     labelled shape, with the median bounding-box fill of the objects in the label's colour, which is
     what tells the shapes apart) and the smoothness of object tracks (|acceleration| of matched
     centroids, px/frame^2) and permanence (`count_changes`: the fraction of frame-to-frame steps at
-    which the number of objects changes; the world's objects never leave the frame, so only
-    same-coloured objects that touch and part again change it)."""
+    which the number of objects changes; the world's objects never leave the frame and a clip's
+    objects share its colour, so its count changes only when two of them touch or part)."""
     objects = frame_objects(video) if objects is None else objects
     counts = [len(o) for clip in objects for o in clip]
     count_changes = [float(len(a) != len(b)) for clip in objects for a, b in zip(clip[:-1], clip[1:])]
