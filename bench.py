@@ -168,8 +168,8 @@ def main(argv=None):
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"model: {config.image_size}x{config.image_size}, patch {config.patch_size}, width {config.width}, "
-          f"depth {config.depth}, {'random' if args.random else args.ckpt} weights; clip {frames} frames "
+    print(f"model: {config.image_size}x{config.image_size}, patch {config.patch_size} x {config.patch_frames} frames, "
+          f"width {config.width}, depth {config.depth}, {'random' if args.random else args.ckpt} weights; clip {frames} frames "
           f"in chunks of {config.chunk_frames}; batch 1")
     print(f"method: 1 warm-up round then {args.repeats} timed rounds (each round runs every row once, in turn), medians; "
           f"latency = start to first finished frame; forward only = the same forward calls replayed back to back")

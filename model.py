@@ -5,7 +5,10 @@ The paper turns a bidirectional video diffusion transformer (Wan2.1) into a *blo
 that writes a video chunk by chunk, attending to earlier chunks through a KV cache (PAPER.md,
 "Setting"). This file is both: `causal=False` is the teacher, `causal=True` the student.
 
-- Tokens: every frame is cut into `patch_size` x `patch_size` patches, frame after frame.
+- Tokens: every frame is cut into `patch_size` x `patch_size` patches, frame after frame; with
+  `patch_frames` > 1 a token spans that many frames (a tubelet, as a video VAE's latent frame spans
+  several video frames: Wan2.1's spans 4), which halves the tokens at 2 and ties neighbouring frames
+  together.
 - Positions: fixed 2D sin-cos added to the tokens (so the net knows where the walls are), and
   rotary positions in (time, row, column) inside attention. Rotary attention depends on time
   *differences*, so a stream can run past the training length (only the sink chunk, never evicted,
@@ -33,6 +36,7 @@ class ModelConfig:
     patch_size: int = 4
     frames: int = 16           # training clip length
     chunk_frames: int = 2      # frames generated together by the causal student
+    patch_frames: int = 1      # frames per token (a tubelet); chunk_frames must be a multiple of it
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -92,7 +96,7 @@ class KVCache:
     def __init__(self, config, batch_size, device, dtype=torch.float32):
         c = config
         self.config = c
-        self.tokens_per_chunk = c.chunk_frames * (c.image_size // c.patch_size) ** 2
+        self.tokens_per_chunk = c.chunk_frames // c.patch_frames * (c.image_size // c.patch_size) ** 2
         self.num_slots = c.sink_chunks + c.window_chunks + 1
         head_dim = c.width // c.heads
         shape = (c.depth, batch_size, c.heads, self.num_slots * self.tokens_per_chunk, head_dim)
@@ -158,7 +162,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x, cond, rotary, mask, kv_cache=None, layer=0, cache_rows=None):
-        # x [B, F, P, D], cond [B, F, D]: each frame has its own noise level, hence its own modulation
+        # x [B, F, P, D], cond [B, F, D] over token frames: each has its own noise level, hence its own modulation
         B, Fr, P, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
@@ -173,14 +177,17 @@ class VideoDiT(nn.Module):
         super().__init__()
         self.config, self.causal = config, causal
         c, w = config, config.width
+        if c.chunk_frames % c.patch_frames or c.frames % c.patch_frames:
+            raise ValueError(f"patch_frames={c.patch_frames} must divide chunk_frames={c.chunk_frames} and frames={c.frames}")
         self.grid = c.image_size // c.patch_size
-        self.patch_in = nn.Linear(3 * c.patch_size ** 2, w)
+        self.patch_numbers = 3 * c.patch_frames * c.patch_size ** 2  # pixel values in one token
+        self.patch_in = nn.Linear(self.patch_numbers, w)
         self.noise_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.label_embed = nn.Embedding(c.num_labels + 1, w)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False)
         self.final_modulation = nn.Linear(w, 2 * w)
-        self.patch_out = nn.Linear(w, 3 * c.patch_size ** 2)
+        self.patch_out = nn.Linear(w, self.patch_numbers)
         for layer in (self.final_modulation, self.patch_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -190,20 +197,23 @@ class VideoDiT(nn.Module):
         self.register_buffer("spatial_embed", spatial, persistent=False)
         self.register_buffer("spatial_pos", torch.stack([rows.flatten(), cols.flatten()], -1), persistent=False)
 
-    def patchify(self, video):  # [B, F, 3, H, W] -> [B, F, P, 3*p*p]
+    def patchify(self, video):  # [B, F, 3, H, W] -> [B, F/t, P, t*3*p*p], t = patch_frames
         B, Fr, C, H, W = video.shape
-        p, g = self.config.patch_size, self.grid
-        return video.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr, g * g, C * p * p)
+        t, p, g = self.config.patch_frames, self.config.patch_size, self.grid
+        tubelets = video.view(B, Fr // t, t, C, g, p, g, p).permute(0, 1, 4, 6, 2, 3, 5, 7)
+        return tubelets.reshape(B, Fr // t, g * g, self.patch_numbers)
 
-    def unpatchify(self, tokens):  # [B, F, P, 3*p*p] -> [B, F, 3, H, W]
-        B, Fr = tokens.shape[:2]
-        p, g = self.config.patch_size, self.grid
-        return tokens.view(B, Fr, g, g, 3, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, 3, g * p, g * p)
+    def unpatchify(self, tokens):  # [B, F/t, P, t*3*p*p] -> [B, F, 3, H, W]
+        B, token_frames = tokens.shape[:2]
+        t, p, g = self.config.patch_frames, self.config.patch_size, self.grid
+        frames = tokens.view(B, token_frames, g, g, t, 3, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
+        return frames.reshape(B, token_frames * t, 3, g * p, g * p)
 
     def forward(self, video, noise_levels, labels, frame_offset=0, kv_cache=None):
         """Predict the velocity `noise - clean` for every frame (so clean = video - level * velocity).
 
-        video [B, F, 3, H, W] at per-frame noise_levels [B, F] in [0, 1]; labels [B].
+        video [B, F, 3, H, W] at per-frame noise_levels [B, F] in [0, 1] (the frames of one token
+        share a level: the first one's is used); labels [B].
         Training and the teacher: a whole clip, no cache. Streaming (causal only): a few whole chunks
         starting at frame `frame_offset`, attending to the `kv_cache`. An int offset lets eager code
         attend only to the cache slots in use so far; a 0-d tensor offset keeps every shape static
@@ -212,10 +222,13 @@ class VideoDiT(nn.Module):
         c = self.config
         B, Fr = video.shape[:2]
         device = video.device
+        if Fr % c.patch_frames:
+            raise ValueError(f"{Fr} frames cannot be cut into tokens of patch_frames={c.patch_frames} frames")
         frame_index = frame_offset + torch.arange(Fr, device=device)
-        query_chunks = (frame_index // c.chunk_frames).repeat_interleave(self.grid ** 2)
-        positions = torch.cat([frame_index.repeat_interleave(self.grid ** 2)[:, None],
-                               self.spatial_pos.repeat(Fr, 1)], dim=-1)
+        token_frame_index = frame_index[::c.patch_frames] // c.patch_frames  # the time position of a token
+        query_chunks = (frame_index[::c.patch_frames] // c.chunk_frames).repeat_interleave(self.grid ** 2)
+        positions = torch.cat([token_frame_index.repeat_interleave(self.grid ** 2)[:, None],
+                               self.spatial_pos.repeat(len(token_frame_index), 1)], dim=-1)
         rotary = self.rotary(positions)
         cache_rows, mask = None, None  # the teacher sees every token: no mask, and CPU attention is faster without one
         if self.causal or kv_cache is not None:
@@ -233,7 +246,8 @@ class VideoDiT(nn.Module):
             mask = torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
 
         x = self.patch_in(self.patchify(video)) + self.spatial_embed
-        cond = self.noise_mlp(sincos(noise_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
+        token_levels = noise_levels[:, ::c.patch_frames]
+        cond = self.noise_mlp(sincos(token_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
         for layer, block in enumerate(self.blocks):
             x = block(x, cond, rotary, mask, kv_cache, layer, cache_rows)
         shift, scale = self.final_modulation(F.silu(cond))[:, :, None].chunk(2, dim=-1)

@@ -37,6 +37,7 @@ class TrainConfig:
     patch_size: int = 4
     frames: int = 16
     chunk_frames: int = 2
+    patch_frames: int = 1
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -144,7 +145,9 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
         # pop in and out lacks. The sampler still gives every frame of a clip the same level. Tried
         # at full length it made the popping worse (README, "Objects that pop in and out"): off by default.
         own_levels = torch.rand(B, generator=generator) < frame_level_fraction
-        frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, Fr, generator=generator))
+        token_levels = torch.randn(B, Fr // config.patch_frames, generator=generator)  # one per token frame
+        frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * token_levels)
+        frame_levels = frame_levels.repeat_interleave(config.patch_frames, dim=1)
         levels = torch.where(own_levels[:, None], frame_levels, levels)
     levels = levels.to(device)
     s = levels[:, :, None, None, None]

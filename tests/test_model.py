@@ -1,4 +1,7 @@
-"""The model's mechanisms: chunk-causal mask, KV-cache streaming, last call wins, rolling window."""
+"""The model's mechanisms: chunk-causal mask, KV-cache streaming, last call wins, rolling window,
+each for tokens of one frame and for tubelets of two (patch_frames=2)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -6,6 +9,8 @@ from model import ModelConfig, VideoDiT, chunk_visibility
 
 CONFIG = ModelConfig(image_size=16, patch_size=4, frames=8, chunk_frames=2, width=32, depth=2, heads=2,
                      num_labels=4, window_chunks=3, sink_chunks=1)
+TUBELETS = dataclasses.replace(CONFIG, patch_frames=2)
+BOTH = pytest.mark.parametrize("config", [CONFIG, TUBELETS], ids=["frame_tokens", "tubelets"])
 
 
 def make_model(causal=True, config=CONFIG, seed=0):
@@ -19,13 +24,16 @@ def make_model(causal=True, config=CONFIG, seed=0):
 def clip(frames, seed=1, config=CONFIG):
     g = torch.Generator().manual_seed(seed)
     video = torch.randn(2, frames, 3, config.image_size, config.image_size, generator=g)
-    levels = 0.2 + 0.8 * torch.rand(2, frames, generator=g)  # the velocity divides by the level
+    # away from 0 (the velocity divides by the level); the frames of a token share a level
+    levels = 0.2 + 0.8 * torch.rand(2, frames // config.patch_frames, generator=g)
+    levels = levels.repeat_interleave(config.patch_frames, dim=1)
     return video, levels, torch.tensor([0, 3])
 
 
-def test_causal_mask_later_chunks_never_change_earlier_outputs():
-    model = make_model()
-    video, levels, labels = clip(8)
+@BOTH
+def test_causal_mask_later_chunks_never_change_earlier_outputs(config):
+    model = make_model(config=config)
+    video, levels, labels = clip(8, config=config)
     out = model(video, levels, labels)
     changed = video.clone()
     changed[:, 4:] += torch.randn_like(changed[:, 4:])            # chunks 2 and 3
@@ -34,9 +42,10 @@ def test_causal_mask_later_chunks_never_change_earlier_outputs():
     assert (out[:, 4:] - out_changed[:, 4:]).abs().max() > 1e-3
 
 
-def test_causal_mask_earlier_chunk_changes_later_outputs():
-    model = make_model()
-    video, levels, labels = clip(8)
+@BOTH
+def test_causal_mask_earlier_chunk_changes_later_outputs(config):
+    model = make_model(config=config)
+    video, levels, labels = clip(8, config=config)
     changed = video.clone()
     changed[:, :2] += 1.0                                          # chunk 0 only
     diff = (model(video, levels, labels) - model(changed, levels, labels)).abs().amax(dim=(0, 2, 3, 4))
@@ -65,9 +74,10 @@ def stream(model, video, levels, labels, chunks_per_call=1, static=False):
 
 @pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("chunks_per_call", [1, 2])
-def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, static):
-    model = make_model()
-    video, levels, labels = clip(8)          # 4 chunks, window 3 + sink 1: nothing evicted yet
+@BOTH
+def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, static, config):
+    model = make_model(config=config)
+    video, levels, labels = clip(8, config=config)          # 4 chunks, window 3 + sink 1: nothing evicted yet
     full = model(video, levels, labels)
     streamed, _ = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
@@ -75,9 +85,10 @@ def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, sta
 
 @pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("chunks_per_call", [1, 2])
-def test_streaming_after_eviction_equals_windowed_reference(chunks_per_call, static):
-    model = make_model()
-    video, levels, labels = clip(20)         # 10 chunks: chunks 1..6 fall out of the last chunk's window
+@BOTH
+def test_streaming_after_eviction_equals_windowed_reference(chunks_per_call, static, config):
+    model = make_model(config=config)
+    video, levels, labels = clip(20, config=config)         # 10 chunks: chunks 1..6 fall out of the last chunk's window
     full = model(video, levels, labels)      # the reference: one causal pass under the same sink + window rule
     streamed, cache = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
@@ -106,9 +117,10 @@ def test_evicted_chunks_are_ignored_and_the_sink_is_not():
     assert (rerun() - before).abs().max() > 1e-3
 
 
-def test_last_call_wins():
-    model = make_model()
-    video, levels, labels = clip(4)
+@BOTH
+def test_last_call_wins(config):
+    model = make_model(config=config)
+    video, levels, labels = clip(4, config=config)
     cache = model.new_cache(2)
     zero = 0
     model(video[:, :2] + 5.0, levels[:, :2], labels, zero, cache)   # a first, different call for chunk 0
@@ -126,3 +138,20 @@ def test_cache_buffers_are_static_while_streaming():
     for start in range(0, 40, 2):
         model(video[:, start:start + 2], levels[:, start:start + 2], labels, torch.tensor(start), cache)
         assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape) == pointers
+
+
+def test_tubelets_cut_and_reassemble_frames_exactly():
+    model = make_model(causal=False, config=TUBELETS)
+    video = torch.randn(2, 8, 3, 16, 16)
+    tokens = model.patchify(video)                                 # [B, 4 token frames, 16 patches, 2*3*4*4]
+    assert tokens.shape == (2, 4, 16, 96)
+    # token frame 1, patch (row 2, column 3): frames 2 and 3, pixels 8..11 x 12..15, (frame, colour, y, x)
+    assert torch.equal(tokens[:, 1, 2 * 4 + 3], video[:, 2:4, :, 8:12, 12:16].flatten(1))
+    assert torch.equal(model.unpatchify(tokens), video)
+
+
+def test_tubelets_that_do_not_fit_the_chunks_are_refused():
+    with pytest.raises(ValueError, match="patch_frames=3 must divide chunk_frames=2"):
+        VideoDiT(dataclasses.replace(CONFIG, patch_frames=3))
+    with pytest.raises(ValueError, match="cannot be cut into tokens"):
+        make_model(config=TUBELETS)(*clip(3, config=CONFIG))

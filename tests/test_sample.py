@@ -1,4 +1,5 @@
 """The causal sampler: fused equals sequential, training rollouts, bounded streaming, capture safety."""
+import dataclasses
 import os
 
 import pytest
@@ -14,9 +15,9 @@ CONFIG = ModelConfig(image_size=16, patch_size=4, frames=8, chunk_frames=2, widt
                      num_labels=4, window_chunks=3, sink_chunks=1)
 
 
-def student(seed=0):
+def student(seed=0, config=CONFIG):
     torch.manual_seed(seed)
-    model = VideoDiT(CONFIG, causal=True)
+    model = VideoDiT(config, causal=True)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     return model.eval()
@@ -39,6 +40,16 @@ def test_fused_sampler_equals_sequential_rollout(plan_name, context):
         sequential = rollout(model, plan, context, LABELS, noise)
     fused = torch.cat(list(fused_chunks(model, plan, context, LABELS, noise)), 1)
     assert sequential.shape == fused.shape == (2, 12, 3, 16, 16)   # 6 chunks: past the window of 3 + sink
+    assert (sequential - fused).abs().max() < 1e-5
+
+
+def test_fused_sampler_equals_sequential_rollout_with_tubelets():
+    config = dataclasses.replace(CONFIG, patch_frames=2)  # one token frame a chunk
+    model = student(config=config)
+    noise = NoiseSource(seed=3, batch_size=2, config=config, device="cpu")
+    with torch.no_grad():
+        sequential = rollout(model, PLANS["diagonal"], "last", LABELS, noise)
+    fused = torch.cat(list(fused_chunks(model, PLANS["diagonal"], "last", LABELS, noise)), 1)
     assert (sequential - fused).abs().max() < 1e-5
 
 

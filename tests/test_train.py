@@ -120,6 +120,10 @@ def test_frame_level_fraction_gives_that_share_of_clips_a_level_per_frame():
     per_frame = (mixed != mixed[:, :1]).any(1)
     assert 0.15 < per_frame.float().mean() < 0.35
     assert torch.equal(mixed[~per_frame], shared[~per_frame])
+    config.patch_frames = 2                                            # tubelets: a level per pair of frames
+    paired = levels(0.25)
+    assert torch.equal(paired[:, 0::2], paired[:, 1::2])
+    assert (paired[:, 0] != paired[:, 2]).float().mean() > 0.15
 
 
 def test_checkpoint_round_trip(tmp_path):
