@@ -8,7 +8,8 @@ that writes a video chunk by chunk, attending to earlier chunks through a KV cac
 - Tokens: every frame is cut into `patch_size` x `patch_size` patches, frame after frame; with
   `patch_frames` > 1 a token spans that many frames (a tubelet, as a video VAE's latent frame spans
   several video frames: Wan2.1's spans 4), which halves the tokens at 2 and ties neighbouring frames
-  together.
+  together (for our teacher: a step 2.4x faster, but worse at equal steps; README, "Tokens of two
+  frames").
 - Positions: fixed 2D sin-cos added to the tokens (so the net knows where the walls are), and
   rotary positions in (time, row, column) inside attention. Rotary attention depends on time
   *differences*, so a stream can run past the training length (only the sink chunk, never evicted,
@@ -162,7 +163,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x, cond, rotary, mask, kv_cache=None, layer=0, cache_rows=None):
-        # x [B, F, P, D], cond [B, F, D] over token frames: each has its own noise level, hence its own modulation
+        # x [B, F, P, D], cond [B, F, D] for F token frames, each with its own noise level, hence modulation
         B, Fr, P, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
