@@ -77,7 +77,7 @@ def stream(model, video, levels, labels, chunks_per_call=1, static=False):
 @BOTH
 def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, static, config):
     model = make_model(config=config)
-    video, levels, labels = clip(8, config=config)          # 4 chunks, window 3 + sink 1: nothing evicted yet
+    video, levels, labels = clip(8, config=config)  # 4 chunks, window 3 + sink 1: nothing evicted yet
     full = model(video, levels, labels)
     streamed, _ = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
@@ -88,7 +88,7 @@ def test_streaming_through_cache_equals_full_causal_forward(chunks_per_call, sta
 @BOTH
 def test_streaming_after_eviction_equals_windowed_reference(chunks_per_call, static, config):
     model = make_model(config=config)
-    video, levels, labels = clip(20, config=config)         # 10 chunks: chunks 1..6 fall out of the last chunk's window
+    video, levels, labels = clip(20, config=config)  # 10 chunks: chunks 1..6 fall out of the last chunk's window
     full = model(video, levels, labels)      # the reference: one causal pass under the same sink + window rule
     streamed, cache = stream(model, video, levels, labels, chunks_per_call, static)
     assert (full - streamed).abs().max() < 1e-5
