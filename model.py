@@ -226,8 +226,9 @@ class VideoDiT(nn.Module):
         if Fr % c.patch_frames:
             raise ValueError(f"{Fr} frames cannot be cut into tokens of patch_frames={c.patch_frames} frames")
         frame_index = frame_offset + torch.arange(Fr, device=device)
-        token_frame_index = frame_index[::c.patch_frames] // c.patch_frames  # the time position of a token
-        query_chunks = (frame_index[::c.patch_frames] // c.chunk_frames).repeat_interleave(self.grid ** 2)
+        first_frames = frame_index[::c.patch_frames]  # each token frame's first frame
+        token_frame_index = first_frames // c.patch_frames  # a token's time position
+        query_chunks = (first_frames // c.chunk_frames).repeat_interleave(self.grid ** 2)
         positions = torch.cat([token_frame_index.repeat_interleave(self.grid ** 2)[:, None],
                                self.spatial_pos.repeat(len(token_frame_index), 1)], dim=-1)
         rotary = self.rotary(positions)
