@@ -10,6 +10,7 @@ distilled student (distill.py) is measured against.
     python train.py config/cpu.py                    # a laptop run (see README for time and loss)
     python train.py config/cpu.py --steps=500 --lr=1e-3
     python train.py config/cpu.py --resume=1         # continue from out_dir/ckpt.pt
+    python train.py config/ship.py --init_from=assets/teacher.pt --steps=2400 --lr=5e-4 --out_dir=out/more
     torchrun --nproc_per_node=2 train.py config/tiny.py   # data parallel (gloo on CPU)
 """
 import ast
@@ -67,6 +68,7 @@ class TrainConfig:
     bf16: bool = True          # bfloat16 autocast where it is fast: CUDA, and CPUs with bf16 units (see bf16_is_fast)
     compile: bool = False
     resume: bool = False
+    init_from: str = ""        # start from this checkpoint's EMA weights (fresh optimiser and schedule), e.g. assets/teacher.pt
 
 
 def parse_config(config, argv):
@@ -226,12 +228,19 @@ def main(argv):
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         step, losses = state["step"], state["losses"]
+    elif config.init_from:  # fine-tuning: the run's own checkpoint (--resume) takes precedence
+        state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
+        if state.get("causal"):
+            raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")
+        model.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"])
     forward_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if config.compile:
         forward_model = torch.compile(forward_model)
+    origin = f"the weights of {config.init_from}" if config.init_from and not config.resume else f"step {step}"
     if master:
         print(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
-              f"{world} process(es), {torch.get_num_threads()} thread(s) each, {'bf16 autocast' if use_bf16 else 'float32'}, from step {step}")
+              f"{world} process(es), {torch.get_num_threads()} thread(s) each, {'bf16 autocast' if use_bf16 else 'float32'}, from {origin}")
 
     def checkpoint():
         save_checkpoint(dict(model_config=asdict(mconfig), causal=False, train_config=asdict(config),

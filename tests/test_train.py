@@ -40,6 +40,26 @@ def test_resume_equals_uninterrupted_training(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "resumed" / "ckpt.pt.tmp")
 
 
+def test_init_from_starts_at_the_checkpoints_ema_weights(tmp_path):
+    """Fine-tuning: with the learning rate at 0 the one step taken must leave the raw and EMA weights at
+    the source checkpoint's EMA weights, where a fresh run stays at its random initialisation."""
+    train.main([TINY, f"--out_dir={tmp_path / 'source'}"])
+    source_path = tmp_path / "source" / "ckpt.pt"
+    source = torch.load(source_path, weights_only=False)
+    for name, init_from in (("tuned", [f"--init_from={source_path}"]), ("fresh", [])):
+        train.main([TINY, *init_from, "--lr=0", "--steps=1", f"--out_dir={tmp_path / name}"])
+    tuned, fresh = (torch.load(tmp_path / name / "ckpt.pt", weights_only=False) for name in ("tuned", "fresh"))
+    assert tuned["step"] == 1 and len(tuned["losses"]) == 1
+    for key in ("model", "ema"):
+        assert all(torch.equal(tuned[key][name], source["ema"][name]) for name in source["ema"])
+    assert not all(torch.equal(fresh["model"][name], source["ema"][name]) for name in source["ema"])
+    with pytest.raises(SystemExit, match="another model config"):
+        train.main([TINY, f"--init_from={source_path}", "--width=64", f"--out_dir={tmp_path / 'wide'}"])
+    torch.save({**source, "causal": True}, tmp_path / "student.pt")
+    with pytest.raises(SystemExit, match="causal student"):
+        train.main([TINY, f"--init_from={tmp_path / 'student.pt'}", f"--out_dir={tmp_path / 'from_student'}"])
+
+
 def test_short_clips_first_then_full_length(tmp_path, monkeypatch):
     lengths = []
     real_make_clips = train.make_clips
