@@ -38,6 +38,7 @@ class ModelConfig:
     frames: int = 16           # training clip length
     chunk_frames: int = 2      # frames generated together by the causal student
     patch_frames: int = 1      # frames per token (a tubelet); chunk_frames must be a multiple of it
+    noise_correlation: float = 0.0  # teacher only: share of its noise common to a clip's frames (sample.clip_noise)
     width: int = 128
     depth: int = 4
     heads: int = 4

@@ -26,6 +26,7 @@ shape is captured once as a CUDA graph and replayed.
     python sample.py --ckpt STUDENT --plan diagonal --context last --sampler fused --frames 64
 """
 import argparse
+import math
 import os
 import time
 
@@ -71,13 +72,24 @@ def teacher_forward_passes(steps, guidance, guidance_cutoff):
     return sum(1 + (guidance != 1.0 and level <= guidance_cutoff) for level in teacher_levels(steps)[:-1])
 
 
+def clip_noise(shape, correlation, generator):
+    """Gaussian noise for whole clips [N, F, ...]: every pixel is N(0, 1), and a `correlation` share of
+    its variance is common to all frames of a clip, the "mixed" noise of PYoCo (Ge et al., 2023, "Preserve
+    Your Own Correlation"), whose frames start out alike as the frames of a video are."""
+    own = torch.randn(shape, generator=generator)
+    if correlation == 0:
+        return own  # the same numbers as before the option existed
+    shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator)
+    return math.sqrt(correlation) * shared + math.sqrt(1 - correlation) * own
+
+
 @torch.no_grad()
 def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]."""
     c = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(len(labels), frames, 3, c.image_size, c.image_size, generator=generator).to(device)
+    x = clip_noise((len(labels), frames, 3, c.image_size, c.image_size), c.noise_correlation, generator).to(device)
     levels = teacher_levels(steps, shift)
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from data import NUM_LABELS, make_clips, save_gif
 from flow import frame_differences
 from model import ModelConfig, VideoDiT, load_checkpoint, save_checkpoint
-from sample import sample_teacher
+from sample import clip_noise, sample_teacher
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     noise_std: float = 1.0
     weight_floor: float = 0.05  # the loss weights the clean-frame error by 1 / max(level, weight_floor)^2
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
+    noise_correlation: float = 0.0  # share of the noise common to a clip's frames (sample.clip_noise); sampling follows
     frame_level_fraction: float = 0.0  # this fraction of clips gets a noise level per frame instead of one per clip
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
@@ -130,14 +131,15 @@ def learning_rate(config, step):
 
 
 def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
-                       frame_level_fraction=0.0):
+                       frame_level_fraction=0.0, noise_correlation=0.0):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
-    `frame_level_fraction` of the clips), label dropout.
+    `frame_level_fraction` of the clips), label dropout, noise with a `noise_correlation` share common to
+    a clip's frames.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
     device = video.device
-    noise = torch.randn(video.shape, generator=generator).to(device)
+    noise = clip_noise(video.shape, noise_correlation, generator).to(device)
     levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))[:, None].expand(B, Fr)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
@@ -193,6 +195,8 @@ def main(argv):
         raise SystemExit(f"error: short_steps={config.short_steps} needs short_frames >= 1 (the clip length of those steps)")
     if not 0 <= config.frame_level_fraction <= 1:
         raise SystemExit(f"error: frame_level_fraction={config.frame_level_fraction} is a fraction of clips; use a value from 0 to 1")
+    if not 0 <= config.noise_correlation < 1:
+        raise SystemExit(f"error: noise_correlation={config.noise_correlation} is a share of variance; use a value from 0 to below 1")
     ddp = "RANK" in os.environ
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -263,7 +267,8 @@ def main(argv):
         with autocast:
             noise_generator = torch.Generator().manual_seed(noise_seed)
             loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
-                                      config.motion_weight, config.weight_floor, config.frame_level_fraction)
+                                      config.motion_weight, config.weight_floor, config.frame_level_fraction,
+                                      config.noise_correlation)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

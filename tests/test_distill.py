@@ -204,6 +204,11 @@ def test_clear_errors(teacher, tmp_path):
     distill.main(tiny_args(teacher, tmp_path / "student"))
     from_student = run(*tiny_args(tmp_path / "student" / "ckpt.pt", tmp_path / "again"))
     assert from_student.returncode != 0 and "causal student" in from_student.stderr.strip().splitlines()[-1]
+    state = torch.load(teacher, weights_only=False)
+    state["model_config"]["noise_correlation"] = 0.5
+    torch.save(state, tmp_path / "shared_noise.pt")
+    with pytest.raises(SystemExit, match="noise shared across frames"):
+        distill.main(tiny_args(tmp_path / "shared_noise.pt", tmp_path / "from_shared_noise"))
 
 
 def test_shipped_student_streams_the_toy_world(tmp_path):

@@ -60,6 +60,41 @@ def test_init_from_starts_at_the_checkpoints_ema_weights(tmp_path):
         train.main([TINY, f"--init_from={tmp_path / 'student.pt'}", f"--out_dir={tmp_path / 'from_student'}"])
 
 
+class ZeroVelocity(torch.nn.Module):
+    """Predicts no motion and keeps what it was given: the sampler then returns its starting noise."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.inputs = config, []
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, video, noise_levels, labels):
+        self.inputs.append(video.detach().clone())
+        return video * self.anchor
+
+
+def frame_statistics(noise):
+    """Variance of the noise and its correlation between consecutive frames, over all clips and pixels."""
+    return noise.var().item(), (noise[:, 1:] * noise[:, :-1]).mean().item()
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.5])
+def test_noise_correlation_is_shared_across_frames_in_training_and_sampling(correlation):
+    from model import ModelConfig
+    from sample import clip_noise, sample_teacher
+    model = ZeroVelocity(ModelConfig(image_size=8, noise_correlation=correlation))
+    video, labels = torch.zeros(64, 4, 3, 8, 8), torch.zeros(64, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, noise_correlation=correlation)
+    noisy = model.inputs[0]  # level * noise, as the clips are blank: divide out each clip's level
+    _, neighbours = frame_statistics(noisy / noisy.flatten(1).std(1)[:, None, None, None, None])
+    assert abs(neighbours - correlation) < 0.05, neighbours
+    variance, neighbours = frame_statistics(sample_teacher(model, labels, 4, steps=2, guidance=1.0))
+    assert abs(variance - 1) < 0.05 and abs(neighbours - correlation) < 0.05, (variance, neighbours)
+    assert torch.equal(clip_noise((2, 4, 3), 0.0, torch.Generator().manual_seed(1)),
+                       torch.randn((2, 4, 3), generator=torch.Generator().manual_seed(1)))
+
+
 def test_short_clips_first_then_full_length(tmp_path, monkeypatch):
     lengths = []
     real_make_clips = train.make_clips
@@ -192,6 +227,8 @@ def test_clear_errors(tmp_path):
     assert no_short_length.returncode != 0 and "needs short_frames" in no_short_length.stderr
     not_a_fraction = run_cli("train.py", TINY, "--frame_level_fraction=2")
     assert not_a_fraction.returncode != 0 and "from 0 to 1" in not_a_fraction.stderr
+    all_shared = run_cli("train.py", TINY, "--noise_correlation=1")
+    assert all_shared.returncode != 0 and "share of variance" in all_shared.stderr
     no_preset = run_cli("train.py", "config/nope.py")
     assert no_preset.returncode != 0 and "no preset file" in no_preset.stderr
 
