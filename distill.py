@@ -261,8 +261,9 @@ def main(argv):
     teacher_state, mconfig = load_checkpoint(config.teacher, device)
     if teacher_state.get("causal"):
         raise SystemExit(f"error: {config.teacher} is a causal student; distill from a teacher checkpoint")
-    if mconfig.noise_correlation:  # the student's chunks start from independent noise (sample.NoiseSource)
-        raise SystemExit(f"error: {config.teacher} was trained on noise shared across frames; distill from a teacher with noise_correlation=0")
+    if mconfig.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
+        raise SystemExit(f"error: {config.teacher} was trained on noise shared across frames; "
+                         "distill from a teacher with noise_correlation=0")
     models = {name: VideoDiT(mconfig, causal=name in ("student", "ema")).to(device) for name in ("teacher", "critic", "student", "ema")}
     for model in models.values():
         model.load_state_dict(teacher_state["ema"])  # everything starts as the teacher

@@ -24,7 +24,7 @@ that writes a video chunk by chunk, attending to earlier chunks through a KV cac
 """
 import math
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 
 import torch
 import torch.nn as nn
@@ -285,8 +285,11 @@ def load_checkpoint(path, device="cpu", expect_config=None):
         config = ModelConfig(**state["model_config"])
     except Exception as e:
         raise SystemExit(f"error: {path!r} is not a checkpoint of this codebase ({type(e).__name__}: {e})")
-    if expect_config is not None and config != expect_config:
-        diff = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items() if getattr(expect_config, k) != v}
+    # the noise a teacher trains on is a training setting, not its shape: a run may take the weights of
+    # one trained on other noise (PYoCo fine-tunes a model of independent noise onto shared noise)
+    if expect_config is not None and replace(config, noise_correlation=expect_config.noise_correlation) != expect_config:
+        diff = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items()
+                if getattr(expect_config, k) != v and k != "noise_correlation"}
         raise SystemExit(f"error: {path!r} was made with another model config (checkpoint vs now: {diff}); "
                          f"use a fresh out_dir or the matching preset")
     return state, config

@@ -10,7 +10,7 @@ distilled student (distill.py) is measured against.
     python train.py config/cpu.py                    # a laptop run (see README for time and loss)
     python train.py config/cpu.py --steps=500 --lr=1e-3
     python train.py config/cpu.py --resume=1         # continue from out_dir/ckpt.pt
-    python train.py config/ship.py --init_from=assets/teacher.pt --steps=2400 --lr=5e-4 --out_dir=out/more
+    python train.py config/ship.py --init_from=assets/teacher.pt --seed=1 --steps=2400 --lr=5e-4 --out_dir=out/more
     torchrun --nproc_per_node=2 train.py config/tiny.py   # data parallel (gloo on CPU)
 """
 import ast
@@ -42,6 +42,7 @@ class TrainConfig:
     width: int = 128
     depth: int = 4
     heads: int = 4
+    noise_correlation: float = 0.0  # share of the noise common to a clip's frames (sample.clip_noise); sampling too
     # optimisation
     steps: int = 3000
     batch_size: int = 16
@@ -56,7 +57,6 @@ class TrainConfig:
     noise_std: float = 1.0
     weight_floor: float = 0.05  # the loss weights the clean-frame error by 1 / max(level, weight_floor)^2
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
-    noise_correlation: float = 0.0  # share of the noise common to a clip's frames (sample.clip_noise); sampling follows
     frame_level_fraction: float = 0.0  # this fraction of clips gets a noise level per frame instead of one per clip
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
@@ -69,7 +69,7 @@ class TrainConfig:
     bf16: bool = True          # bfloat16 autocast where it is fast: CUDA, and CPUs with bf16 units (see bf16_is_fast)
     compile: bool = False
     resume: bool = False
-    init_from: str = ""        # start from this checkpoint's EMA weights (fresh optimiser and schedule), e.g. assets/teacher.pt
+    init_from: str = ""        # start at a checkpoint's EMA weights, fresh optimiser (a new --seed: new batches)
 
 
 def parse_config(config, argv):
@@ -196,7 +196,8 @@ def main(argv):
     if not 0 <= config.frame_level_fraction <= 1:
         raise SystemExit(f"error: frame_level_fraction={config.frame_level_fraction} is a fraction of clips; use a value from 0 to 1")
     if not 0 <= config.noise_correlation < 1:
-        raise SystemExit(f"error: noise_correlation={config.noise_correlation} is a share of variance; use a value from 0 to below 1")
+        raise SystemExit(f"error: noise_correlation={config.noise_correlation} is a share of variance; "
+                         "use a value from 0 to below 1")
     ddp = "RANK" in os.environ
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -233,6 +234,9 @@ def main(argv):
         rng.set_state(state["rng"])
         step, losses = state["step"], state["losses"]
     elif config.init_from:  # fine-tuning: the run's own checkpoint (--resume) takes precedence
+        if os.path.abspath(config.init_from) == os.path.abspath(ckpt_path):
+            raise SystemExit(f"error: --init_from={config.init_from} is this run's own checkpoint, which the run would "
+                             "overwrite; pick another --out_dir, or continue it with --resume=1")
         state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
         if state.get("causal"):
             raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")

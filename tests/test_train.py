@@ -55,6 +55,11 @@ def test_init_from_starts_at_the_checkpoints_ema_weights(tmp_path):
     assert not all(torch.equal(fresh["model"][name], source["ema"][name]) for name in source["ema"])
     with pytest.raises(SystemExit, match="another model config"):
         train.main([TINY, f"--init_from={source_path}", "--width=64", f"--out_dir={tmp_path / 'wide'}"])
+    with pytest.raises(SystemExit, match="would overwrite"):
+        train.main([TINY, f"--init_from={source_path}", f"--out_dir={tmp_path / 'source'}"])
+    # the noise is a training setting: a run onto shared noise may start from a teacher of independent noise
+    train.main([TINY, f"--init_from={source_path}", "--noise_correlation=0.5", "--steps=1", f"--out_dir={tmp_path / 'shared'}"])
+    assert load_checkpoint(str(tmp_path / "shared" / "ckpt.pt"))[1].noise_correlation == 0.5
     torch.save({**source, "causal": True}, tmp_path / "student.pt")
     with pytest.raises(SystemExit, match="causal student"):
         train.main([TINY, f"--init_from={tmp_path / 'student.pt'}", f"--out_dir={tmp_path / 'from_student'}"])
