@@ -97,7 +97,7 @@ def stream_smoothness(video, labels, frames):
                 stream_count_changes=metrics["count_changes"])
 
 
-def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff):
+def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta):
     """Videos in [0, 1] on the CPU, in seeded batches: Euler sampling for a teacher, streaming for a
     student (with the plan and context rule it was distilled for)."""
     device = next(model.parameters()).device
@@ -108,7 +108,7 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance, gu
             recipe = state["train_config"]
             video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + start)), 1)
         else:
-            video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + start)
+            video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + start, eta=eta)
         videos.append(((video.float().cpu() + 1) / 2).clamp(0, 1))
     return torch.cat(videos)
 
@@ -160,6 +160,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: guidance scale")
     parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
+    parser.add_argument("--eta", type=float, default=0.0, help="teacher: share of fresh noise per step, 0 (ODE) to 1 (ancestral)")
     parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
@@ -172,6 +173,8 @@ def main(argv=None):
     frames = args.frames or config.frames
     if frames < 3:
         raise SystemExit(f"error: --frames must be at least 3 (jitter needs three frames), got {frames}")
+    if not 0 <= args.eta <= 1:
+        raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     # the reference real clips share the samples' labels; a second real set gives the real-vs-real row
     reference = make_clips(args.num, frames, config.image_size, seed=10_000 + args.seed, labels=labels)["video"]
     real = dict(features=video_features(reference), amplitude=motion_metrics(reference)["amplitude"],
@@ -187,14 +190,16 @@ def main(argv=None):
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
-        video = generate(model, state, labels, frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
+        video = generate(model, state, labels, frames, args.batch_size, args.seed, args.steps, args.guidance,
+                         args.guidance_cutoff, args.eta)
         rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
             recipe = state["train_config"]
             plan = plan_by_name(recipe["plan"], -(-mconfig.frames // mconfig.chunk_frames))
             rows[path]["nfe"] = forward_passes(plan, recipe["context"])
-            long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps, args.guidance, args.guidance_cutoff)
+            long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps,
+                                         args.guidance, args.guidance_cutoff, args.eta)
             rows[path].update(drift(long_videos[path]), **stream_smoothness(long_videos[path], long_labels, stream_frames))
         else:
             rows[path]["nfe"] = teacher_forward_passes(args.steps, args.guidance, args.guidance_cutoff)

@@ -84,8 +84,9 @@ def clip_noise(shape, correlation, generator):
 
 
 @torch.no_grad()
-def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0):
-    """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]."""
+def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0, eta=0.0):
+    """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]. With `eta` > 0 each
+    step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step."""
     c = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -94,9 +95,31 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff)
-        x = x + (next_level - level) * v.float()
+            v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff).float()
+        if eta == 0:
+            x = x + (next_level - level) * v
+        else:
+            fresh = clip_noise(x.shape, c.noise_correlation, generator).to(device)
+            x = fresh_noise_step(x, v, level, next_level, eta, fresh)
     return x
+
+
+def fresh_noise_step(x, velocity, level, next_level, eta, fresh):
+    """One step of DDIM with eta (Song et al., 2021) written for rectified flow, x_s = (1 - s) clean + s noise.
+
+    The step splits x into its estimates of the clean clip and of the noise, and rebuilds x at the
+    next level from them, with a part of the noise drawn afresh. At eta 0 nothing is fresh and this is
+    the Euler step; at eta 1 the fresh part is the spread of the true posterior q(x_next | x, clean)
+    (DDPM's ancestral step), so the sampler follows the reverse SDE and, like the ODE, reaches the data
+    distribution as the steps shrink (tested on Gaussian data). Fresh noise lets later steps undo what
+    earlier ones got wrong (Karras et al., 2022); README, "Fresh noise at every step", measures it."""
+    clean = x - level * velocity
+    noise = x + (1 - level) * velocity
+    # q(x_level | x_next) scales x_next by (1 - level) / (1 - next_level): the signal-to-noise ratio
+    # the next level keeps of this one's, and the posterior's spread, as a share of next_level
+    kept = (1 - level) * next_level / ((1 - next_level) * level)
+    fresh_std = eta * next_level * math.sqrt(max(0.0, 1 - kept ** 2))
+    return (1 - next_level) * clean + math.sqrt(next_level ** 2 - fresh_std ** 2) * noise + fresh_std * fresh
 
 
 # ----------------------------------------------------------------------------- the causal student
@@ -299,6 +322,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="teacher: Euler steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: classifier-free guidance scale")
     parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
+    parser.add_argument("--eta", type=float, default=0.0, help="teacher: share of fresh noise per step, 0 (ODE) to 1 (ancestral)")
     parser.add_argument("--plan", default="diagonal", help=f"student: {' | '.join(PLANS)}")
     parser.add_argument("--context", default="last", choices=CONTEXT_RULES, help="student: what the cache keeps")
     parser.add_argument("--sampler", default="fused", choices=("fused", "sequential"))
@@ -306,6 +330,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.num < 1 or (args.frames is not None and args.frames < 1):
         raise SystemExit("error: --num and --frames must be at least 1")
+    if not 0 <= args.eta <= 1:
+        raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     if args.ckpt is None:
         args.ckpt = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "student.pt")
         if not os.path.isfile(args.ckpt):
@@ -329,9 +355,10 @@ def main(argv=None):
         video = torch.cat(chunks, 1)
         how = f"student, {args.plan} plan, {args.context} context, {args.sampler} sampler"
     else:
-        video = sample_teacher(model, labels, frames, args.steps, args.guidance, args.guidance_cutoff, seed=args.seed).float().cpu()
+        video = sample_teacher(model, labels, frames, args.steps, args.guidance, args.guidance_cutoff, seed=args.seed,
+                               eta=args.eta).float().cpu()
         latency = time.perf_counter() - start  # a bidirectional model finishes every frame at once
-        how = f"teacher, {args.steps} steps, guidance {args.guidance} up to level {args.guidance_cutoff}"
+        how = f"teacher, {args.steps} steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}"
     seconds = time.perf_counter() - start
     video = ((video + 1) / 2).clamp(0, 1)
     save_gif(video, os.path.join(args.out, "stream.gif"))
