@@ -84,7 +84,8 @@ def clip_noise(shape, correlation, generator):
 
 
 @torch.no_grad()
-def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0, eta=0.0):
+def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0,
+                   eta=0.0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]. With `eta` > 0 each
     step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step."""
     c = model.config
