@@ -4,7 +4,8 @@ Generating video: the undistilled teacher, and the streaming causal student.
 Teacher: a bidirectional VideoDiT integrates the rectified-flow ODE dx/ds = v(x, s) from pure noise
 (s = 1) to a clean clip (s = 0) with Euler steps, every frame at the same level, with classifier-free
 guidance (conditional and unconditional halves in one batch) at the levels up to GUIDANCE_CUTOFF. It
-finishes all frames at once.
+finishes all frames at once. With `eta` > 0 each step draws part of its noise afresh (DDIM's eta; 1 is
+ancestral sampling), which trades the ODE's fixed path for one that can correct itself.
 
 Student: a chunk-causal VideoDiT writes the video chunk by chunk (PAPER.md, "Setting"). For each
 chunk: start from noise, predict the clean chunk, re-noise it to the next level of the chunk's plan,
