@@ -206,7 +206,8 @@ def main(argv=None):
 
     print(f"{args.num} samples of {frames} frames per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
-          f"device {device}; the real-data row is a second real set against the reference")
+          f"device {device}; the real-data row is a second real set against the reference; a teacher takes {args.steps} "
+          f"Euler steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}")
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],

@@ -117,8 +117,9 @@ def fresh_noise_step(x, velocity, level, next_level, eta, fresh):
     earlier ones got wrong (Karras et al., 2022); README, "Fresh noise at every step", measures it."""
     clean = x - level * velocity
     noise = x + (1 - level) * velocity
-    # q(x_level | x_next) scales x_next by (1 - level) / (1 - next_level): the signal-to-noise ratio
-    # the next level keeps of this one's, and the posterior's spread, as a share of next_level
+    # Forward in time x_level = (1 - level) / (1 - next_level) * x_next + new noise, so a share `kept` of
+    # x_level's noise (level, in std) was already in x_next. Given x and clean, the posterior over x_next
+    # is unsure only of the rest: its spread is next_level * sqrt(1 - kept^2).
     kept = (1 - level) * next_level / ((1 - next_level) * level)
     fresh_std = eta * next_level * math.sqrt(max(0.0, 1 - kept ** 2))
     return (1 - next_level) * clean + math.sqrt(next_level ** 2 - fresh_std ** 2) * noise + fresh_std * fresh
