@@ -98,8 +98,8 @@ def stream_smoothness(video, labels, frames):
 
 
 def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta):
-    """Videos in [0, 1] on the CPU, in seeded batches: Euler sampling for a teacher, streaming for a
-    student (with the plan and context rule it was distilled for)."""
+    """Videos in [0, 1] on the CPU, in seeded batches: sample_teacher for a teacher (Euler steps, with
+    fresh noise at `eta` > 0), streaming for a student (with the plan and context rule it was distilled for)."""
     device = next(model.parameters()).device
     videos = []
     for start in tqdm(range(0, len(labels), batch_size), desc=f"sampling {frames} frames", leave=False):
@@ -164,6 +164,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
+    if not 0 <= args.eta <= 1:
+        raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     device = pick_device()
     models = [(path, *load_checkpoint(path, device)) for path in args.ckpt]
     config = models[0][2]
@@ -173,8 +175,6 @@ def main(argv=None):
     frames = args.frames or config.frames
     if frames < 3:
         raise SystemExit(f"error: --frames must be at least 3 (jitter needs three frames), got {frames}")
-    if not 0 <= args.eta <= 1:
-        raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     # the reference real clips share the samples' labels; a second real set gives the real-vs-real row
     reference = make_clips(args.num, frames, config.image_size, seed=10_000 + args.seed, labels=labels)["video"]
     real = dict(features=video_features(reference), amplitude=motion_metrics(reference)["amplitude"],
@@ -207,7 +207,7 @@ def main(argv=None):
     print(f"{args.num} samples of {frames} frames per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference; a teacher takes {args.steps} "
-          f"Euler steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}")
+          f"steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}")
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],

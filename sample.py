@@ -89,6 +89,8 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
                    eta=0.0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]. With `eta` > 0 each
     step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be between 0 (the ODE) and 1 (ancestral sampling), got {eta}")
     c = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -98,7 +100,7 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff).float()
-        if eta == 0:
+        if eta == 0:  # the same step as fresh_noise_step at eta 0, without drawing noise it would not use
             x = x + (next_level - level) * v
         else:
             fresh = clip_noise(x.shape, c.noise_correlation, generator).to(device)
@@ -117,9 +119,10 @@ def fresh_noise_step(x, velocity, level, next_level, eta, fresh):
     earlier ones got wrong (Karras et al., 2022); README, "Fresh noise at every step", measures it."""
     clean = x - level * velocity
     noise = x + (1 - level) * velocity
-    # Forward in time x_level = (1 - level) / (1 - next_level) * x_next + new noise, so a share `kept` of
-    # x_level's noise (level, in std) was already in x_next. Given x and clean, the posterior over x_next
-    # is unsure only of the rest: its spread is next_level * sqrt(1 - kept^2).
+    # Forward in time x_level = (1 - level) / (1 - next_level) * x_next + new noise, so `kept` is the
+    # correlation of x_level's noise with x_next's. Given x and clean, x_next's noise is known up to a
+    # spread of next_level * sqrt(1 - kept^2) (the posterior's); at eta 1 the remaining coefficient,
+    # sqrt(next_level^2 - fresh_std^2) = next_level * kept, puts the rest at the posterior mean.
     kept = (1 - level) * next_level / ((1 - next_level) * level)
     fresh_std = eta * next_level * math.sqrt(max(0.0, 1 - kept ** 2))
     return (1 - next_level) * clean + math.sqrt(next_level ** 2 - fresh_std ** 2) * noise + fresh_std * fresh

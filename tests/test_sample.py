@@ -7,7 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import ModelConfig, VideoDiT
-from sample import NoiseSource, fused_chunks, guided_velocity, rollout, rollout_chunks, sample_teacher, stream
+from sample import (NoiseSource, fresh_noise_step, fused_chunks, guided_velocity, rollout, rollout_chunks, sample_teacher,
+                    stream)
 from schedule import diagonal, make_plan, paper, uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,17 +222,40 @@ def test_fresh_noise_sampler_reaches_the_data_distribution(eta):
     assert abs(video.std().item() - 0.5) < 0.005, video.std().item()
 
 
-def test_fresh_noise_sampler_at_eta_0_is_the_euler_sampler():
-    teacher = student()  # random weights: a fresh model's zero-initialised output draws blank clips either way
+def test_fresh_noise_step_at_eta_1_is_the_posterior_step():
+    # DDPM's ancestral step for x_s = (1 - s) clean + s noise, from level s down to t: forward,
+    # x_s = a x_t + fresh noise with a = (1 - s) / (1 - t), so x_s's unit noise and x_t's are jointly
+    # Gaussian with correlation a t / s; x_t's noise given x_s's has that times it as mean, 1 - its square as variance
+    s, t = 0.6, 0.4
+    clean, noise = torch.randn(2, 1000, generator=torch.Generator().manual_seed(0))
+    x, v = (1 - s) * clean + s * noise, noise - clean
+    correlation = (1 - s) / (1 - t) * t / s
+    mean = (1 - t) * clean + t * correlation * noise
+    spread = t * (1 - correlation ** 2) ** 0.5
+    without_fresh = fresh_noise_step(x, v, s, t, 1.0, torch.zeros_like(x))
+    assert torch.allclose(without_fresh, mean, atol=1e-6)
+    assert torch.allclose(fresh_noise_step(x, v, s, t, 1.0, torch.ones_like(x)) - without_fresh,
+                          torch.full_like(x, spread), atol=1e-6)
+    assert torch.allclose(fresh_noise_step(x, v, s, t, 0.0, torch.ones_like(x)), x + (t - s) * v, atol=1e-6)  # Euler
+
+
+def test_fresh_noise_sampler_at_eta_near_0_is_the_euler_sampler():
+    # eta 0 takes the Euler branch itself; a tiny eta goes through fresh_noise_step and must agree
+    teacher = student()  # random weights: a fresh VideoDiT's zero-initialised output gives v = 0 and tests nothing
     teacher.causal = False
     euler = sample_teacher(teacher, LABELS, 4, steps=3, seed=1)
     assert torch.allclose(sample_teacher(teacher, LABELS, 4, steps=3, seed=1, eta=1e-9), euler, atol=1e-5)
     assert not torch.allclose(sample_teacher(teacher, LABELS, 4, steps=3, seed=1, eta=0.5), euler, atol=1e-3)
+
+
+def test_eta_outside_0_to_1_is_rejected():
     import evaluate
     import sample
     for main in (sample.main, evaluate.main):
         with pytest.raises(SystemExit, match="--eta must be between 0"):
             main(["--ckpt", os.path.join(ROOT, "assets", "teacher.pt"), "--eta", "1.5"])
+    with pytest.raises(ValueError, match="eta must be between 0"):
+        sample_teacher(GaussianDenoiser(CONFIG, data_std=0.5), LABELS, 4, steps=2, eta=-0.1)
 
 
 def test_student_cli_fused_and_sequential_write_the_same_stream(tmp_path):
