@@ -216,7 +216,8 @@ class GaussianDenoiser(torch.nn.Module):
 def test_fresh_noise_sampler_reaches_the_data_distribution(eta):
     # With the exact denoiser of Gaussian data, the ODE (eta 0), DDPM's ancestral steps (eta 1) and
     # anything between must all end at the data's spread once the steps are small. A sampler that
-    # replaced a fixed share of the noise every step instead ends several percent narrow (at eta 1, far narrower).
+    # replaced a fixed share of the noise every step instead ends several percent narrow (at eta 1,
+    # far narrower).
     model = GaussianDenoiser(CONFIG, data_std=0.5)
     video = sample_teacher(model, torch.zeros(64, dtype=torch.long), 4, steps=1000, guidance=1.0, seed=2, eta=eta)
     assert abs(video.std().item() - 0.5) < 0.005, video.std().item()
@@ -225,7 +226,8 @@ def test_fresh_noise_sampler_reaches_the_data_distribution(eta):
 def test_fresh_noise_step_at_eta_1_is_the_posterior_step():
     # DDPM's ancestral step for x_s = (1 - s) clean + s noise, from level s down to t: forward,
     # x_s = a x_t + fresh noise with a = (1 - s) / (1 - t), so x_s's unit noise and x_t's are jointly
-    # Gaussian with correlation a t / s; x_t's noise given x_s's has that times it as mean, 1 - its square as variance
+    # Gaussian with correlation a t / s: given x_s's, x_t's noise has mean correlation * x_s's noise and
+    # variance 1 - correlation^2
     s, t = 0.6, 0.4
     clean, noise = torch.randn(2, 1000, generator=torch.Generator().manual_seed(0))
     x, v = (1 - s) * clean + s * noise, noise - clean
