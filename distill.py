@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from data import NUM_LABELS, save_gif
 from flow import FLOW_REPRS, dmd_loss, flow_dmd_loss
-from model import VideoDiT, load_checkpoint, save_checkpoint
+from model import VideoDiT, build_model, load_checkpoint, save_checkpoint
 from sample import NoiseSource, StreamingStep, guided_velocity, pick_device, plan_by_name, rollout
 from schedule import CONTEXT_RULES, LAST_LEVEL, PLANS, context_level, warp
 from train import flow_matching_loss, parse_config, plot_losses
@@ -264,11 +264,11 @@ def main(argv):
     if mconfig.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
         raise SystemExit(f"error: {config.teacher} was trained on noise shared across frames; "
                          "distill from a teacher with noise_correlation=0")
-    models = {name: VideoDiT(mconfig, causal=name in ("student", "ema")).to(device) for name in ("teacher", "critic", "student", "ema")}
+    teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
+    models = {name: VideoDiT(mconfig, causal=name in ("student", "ema")).to(device) for name in ("critic", "student", "ema")}
     for model in models.values():
-        model.load_state_dict(teacher_state["ema"])  # everything starts as the teacher
-    teacher, critic, student, ema = (models[k] for k in ("teacher", "critic", "student", "ema"))
-    teacher.eval().requires_grad_(False)
+        model.load_state_dict(teacher_state["ema"])  # everything starts as the (all-levels) teacher
+    critic, student, ema = (models[k] for k in ("critic", "student", "ema"))
     ema.eval().requires_grad_(False)
     num_chunks = -(-mconfig.frames // mconfig.chunk_frames)
     plan = plan_by_name(config.plan, num_chunks)

@@ -97,18 +97,22 @@ def stream_smoothness(video, labels, frames):
                 stream_count_changes=metrics["count_changes"])
 
 
-def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta):
+def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta, start_clips=None,
+             start_level=1.0):
     """Videos in [0, 1] on the CPU, in seeded batches: sample_teacher for a teacher (Euler steps, with
-    fresh noise at `eta` > 0), streaming for a student (with the plan and context rule it was distilled for)."""
+    fresh noise at `eta` > 0; from `start_clips` in [0, 1] noised to `start_level`, if given), streaming
+    for a student (with the plan and context rule it was distilled for)."""
     device = next(model.parameters()).device
     videos = []
-    for start in tqdm(range(0, len(labels), batch_size), desc=f"sampling {frames} frames", leave=False):
-        batch = labels[start:start + batch_size].to(device)
+    for first in tqdm(range(0, len(labels), batch_size), desc=f"sampling {frames} frames", leave=False):
+        batch = labels[first:first + batch_size].to(device)
         if model.causal:
             recipe = state["train_config"]
-            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + start)), 1)
+            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + first)), 1)
         else:
-            video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + start, eta=eta)
+            start = None if start_clips is None else start_clips[first:first + batch_size] * 2 - 1
+            video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + first, eta=eta,
+                                   start=start, start_level=start_level)
         videos.append(((video.float().cpu() + 1) / 2).clamp(0, 1))
     return torch.cat(videos)
 
@@ -161,11 +165,15 @@ def main(argv=None):
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher: guidance scale")
     parser.add_argument("--guidance_cutoff", type=float, default=GUIDANCE_CUTOFF, help="teacher: guide only at noise levels up to this (1: all)")
     parser.add_argument("--eta", type=float, default=0.0, help="teacher: share of fresh noise per step, 0 (ODE) to 1 (ancestral)")
+    parser.add_argument("--start_level", type=float, default=1.0,
+                        help="teacher: start from real clips noised to this level, not from noise (1)")
     parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
     if not 0 <= args.eta <= 1:
         raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
+    if not 0 <= args.start_level <= 1:
+        raise SystemExit(f"error: --start_level must be between 0 (the real clips) and 1 (pure noise), got {args.start_level}")
     device = pick_device()
     models = [(path, *load_checkpoint(path, device)) for path in args.ckpt]
     config = models[0][2]
@@ -186,12 +194,15 @@ def main(argv=None):
     real_long = make_clips(args.long_num, long_frames, config.image_size, seed=30_000 + args.seed, labels=long_labels)["video"]
     stream_frames = 2 * config.frames
     rows["real data"].update(drift(real_long), **stream_smoothness(real_long, long_labels, stream_frames))
+    # a third real set for the teacher to finish from --start_level (SDEdit): which levels decide what
+    start_clips = None if args.start_level == 1 else make_clips(args.num, frames, config.image_size,
+                                                                seed=40_000 + args.seed, labels=labels)["video"]
     long_videos = {}
     for path, state, mconfig in models:
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
         video = generate(model, state, labels, frames, args.batch_size, args.seed, args.steps, args.guidance,
-                         args.guidance_cutoff, args.eta)
+                         args.guidance_cutoff, args.eta, start_clips, args.start_level)
         rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
@@ -207,7 +218,8 @@ def main(argv=None):
     print(f"{args.num} samples of {frames} frames per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference; a teacher takes {args.steps} "
-          f"steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}")
+          f"steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}, from "
+          + ("noise" if start_clips is None else f"real clips (seed {40_000 + args.seed}) noised to level {args.start_level}"))
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],

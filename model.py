@@ -269,6 +269,29 @@ class VideoDiT(nn.Module):
         return KVCache(self.config, batch_size, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
+class LevelExperts(nn.Module):
+    """A teacher in two halves by noise level, as eDiff-I (Balaji et al., 2022) and Wan2.2's high- and
+    low-noise experts: clips above `boundary` go to `high`, a copy fine-tuned on those levels alone,
+    the rest to `low`, the all-levels teacher. The high levels decide where objects are and how they
+    move, the low ones only finish them (README, "Where the wobble is born"); a net of the same size
+    that spends all its training there draws steadier tracks. A teacher's levels are one per clip."""
+
+    def __init__(self, low, high, boundary):
+        super().__init__()
+        self.low, self.high, self.boundary = low, high, boundary
+        self.config, self.causal = low.config, False
+
+    def forward(self, video, noise_levels, labels):
+        high = noise_levels[:, 0] > self.boundary
+        if high.all() or not high.any():
+            return (self.high if high.all() else self.low)(video, noise_levels, labels)
+        velocity_high = self.high(video[high], noise_levels[high], labels[high])
+        velocity = velocity_high.new_empty(video.shape)
+        velocity[high] = velocity_high
+        velocity[~high] = self.low(video[~high], noise_levels[~high], labels[~high])
+        return velocity
+
+
 def save_checkpoint(state, path):
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -295,23 +318,37 @@ def load_checkpoint(path, device="cpu", expect_config=None):
     return state, config
 
 
-def export_weights(checkpoint_path, out_path):
-    """A small file to ship: the model config and the EMA weights only (no optimiser, no raw weights)."""
-    state, _ = load_checkpoint(checkpoint_path)
+def export_weights(checkpoint_path, out_path, expert_path=None):
+    """A small file to ship: the model config and the EMA weights only (no optimiser, no raw weights);
+    with `expert_path`, a high-noise expert's EMA weights too (train.py --min_level; LevelExperts)."""
+    state, config = load_checkpoint(checkpoint_path)
     keep = {k: state[k] for k in ("model_config", "causal", "ema", "step", "train_config") if k in state}
+    if expert_path:
+        expert, _ = load_checkpoint(expert_path, expect_config=config)
+        boundary = expert.get("train_config", {}).get("min_level", 0)
+        if state.get("causal") or expert.get("causal") or not boundary:
+            raise SystemExit(f"error: {expert_path!r} is no high-noise expert of {checkpoint_path!r}; "
+                             "train one with python train.py ... --init_from=TEACHER --min_level=0.5")
+        keep["expert"] = dict(ema=expert["ema"], boundary=boundary, train_config=expert["train_config"])
     save_checkpoint(keep, out_path)
     print(f"wrote {out_path}: step {keep.get('step')}, {os.path.getsize(out_path) / 2 ** 20:.1f} MB")
 
 
 def build_model(state, config, device="cpu", weights="ema"):
-    """A VideoDiT in eval mode with the checkpoint's `ema` (default) or raw `model` weights."""
+    """A VideoDiT in eval mode with the checkpoint's `ema` (default) or raw `model` weights; a teacher
+    that carries a high-noise expert comes back as LevelExperts."""
     model = VideoDiT(config, causal=state.get("causal", False)).to(device)
     model.load_state_dict(state[weights])
+    if "expert" in state and weights == "ema":
+        high = VideoDiT(config).to(device)
+        high.load_state_dict(state["expert"]["ema"])
+        model = LevelExperts(model, high, state["expert"]["boundary"])
     return model.eval().requires_grad_(False)
 
 
 if __name__ == "__main__":
     import sys
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python model.py TRAINING_CHECKPOINT OUT.pt   (keeps the config and EMA weights)")
-    export_weights(sys.argv[1], sys.argv[2])
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python model.py TRAINING_CHECKPOINT OUT.pt [HIGH_NOISE_EXPERT_CHECKPOINT]   "
+                         "(keeps the config and EMA weights)")
+    export_weights(*sys.argv[1:])

@@ -86,9 +86,11 @@ def clip_noise(shape, correlation, generator):
 
 @torch.no_grad()
 def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0,
-                   eta=0.0):
+                   eta=0.0, start=None, start_level=1.0):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]. With `eta` > 0 each
-    step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step."""
+    step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step.
+    With `start` (videos in [-1, 1]) the sampler begins from them noised to `start_level` and runs the
+    grid's steps below it (SDEdit, Meng et al., 2022): which levels decide what (README, "Where the wobble is born")."""
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be between 0 (the ODE) and 1 (ancestral sampling), got {eta}")
     c = model.config
@@ -96,6 +98,9 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = clip_noise((len(labels), frames, 3, c.image_size, c.image_size), c.noise_correlation, generator).to(device)
     levels = teacher_levels(steps, shift)
+    if start is not None:
+        x = (1 - start_level) * start.to(device) + start_level * x
+        levels = [start_level] + [level for level in levels if level < start_level]
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):

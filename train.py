@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import NUM_LABELS, make_clips, save_gif
 from flow import frame_differences
-from model import ModelConfig, VideoDiT, load_checkpoint, save_checkpoint
+from model import LevelExperts, ModelConfig, VideoDiT, build_model, load_checkpoint, save_checkpoint
 from sample import clip_noise, sample_teacher
 
 
@@ -58,6 +58,7 @@ class TrainConfig:
     weight_floor: float = 0.05  # the loss weights the clean-frame error by 1 / max(level, weight_floor)^2
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
     frame_level_fraction: float = 0.0  # this fraction of clips gets a noise level per frame instead of one per clip
+    min_level: float = 0.0     # > 0: a high-noise expert, levels uniform in [min_level, 1] (needs init_from; README)
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
     # bookkeeping
@@ -131,16 +132,21 @@ def learning_rate(config, step):
 
 
 def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
-                       frame_level_fraction=0.0, noise_correlation=0.0):
+                       frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
-    `frame_level_fraction` of the clips), label dropout, noise with a `noise_correlation` share common to
-    a clip's frames.
+    `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert), label
+    dropout, noise with a `noise_correlation` share common to a clip's frames.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
     device = video.device
     noise = clip_noise(video.shape, noise_correlation, generator).to(device)
-    levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))[:, None].expand(B, Fr)
+    if min_level > 0:
+        # An expert for the high levels only, where a clip's layout and tracks are decided (README, "A second
+        # teacher for the high noise levels"); below min_level the sampler hands over to the all-levels teacher.
+        levels = (min_level + (1 - min_level) * torch.rand(B, generator=generator))[:, None].expand(B, Fr)
+    else:
+        levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))[:, None].expand(B, Fr)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
     if frame_level_fraction > 0:
@@ -198,6 +204,12 @@ def main(argv):
     if not 0 <= config.noise_correlation < 1:
         raise SystemExit(f"error: noise_correlation={config.noise_correlation} is a share of variance; "
                          "use a value from 0 to below 1")
+    if not 0 <= config.min_level < 1 or (config.min_level and config.frame_level_fraction):
+        raise SystemExit(f"error: min_level={config.min_level} must be from 0 to below 1, and an expert's clips share "
+                         "one level (frame_level_fraction=0)")
+    if config.min_level and not config.init_from:
+        raise SystemExit("error: min_level trains the high-noise half of a finished teacher; give it as --init_from=PATH "
+                         "(config/ship_expert.py)")
     ddp = "RANK" in os.environ
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -242,6 +254,10 @@ def main(argv):
             raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")
         model.load_state_dict(state["ema"])
         ema.load_state_dict(state["ema"])
+    sampler = ema
+    if config.min_level:  # an expert's sample GIFs show the two halves together, as they will be shipped
+        low_state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
+        sampler = LevelExperts(build_model(low_state, mconfig, device), ema, config.min_level)
     forward_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if config.compile:
         forward_model = torch.compile(forward_model)
@@ -256,7 +272,7 @@ def main(argv):
                              rng=rng.get_state(), step=step, losses=losses), ckpt_path)
         plot_losses(losses, os.path.join(config.out_dir, "loss.png"))
         labels = torch.arange(8, device=device) % NUM_LABELS
-        video = sample_teacher(ema, labels, config.frames, config.sample_steps)
+        video = sample_teacher(sampler, labels, config.frames, config.sample_steps)
         save_gif((video.float().cpu() + 1) / 2, os.path.join(config.out_dir, f"samples_{step:06d}.gif"))
 
     start = time.time()
@@ -272,7 +288,7 @@ def main(argv):
             noise_generator = torch.Generator().manual_seed(noise_seed)
             loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
                                       config.motion_weight, config.weight_floor, config.frame_level_fraction,
-                                      config.noise_correlation)
+                                      config.noise_correlation, config.min_level)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

@@ -250,12 +250,27 @@ def test_fresh_noise_sampler_at_eta_near_0_is_the_euler_sampler():
     assert not torch.allclose(sample_teacher(teacher, LABELS, 4, steps=3, seed=1, eta=0.5), euler, atol=1e-3)
 
 
+def test_teacher_started_from_noised_clips_runs_only_the_steps_below_the_start():
+    teacher = student()
+    teacher.causal = False
+    clips = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    assert torch.equal(sample_teacher(teacher, LABELS, 4, steps=4, seed=1, start=clips, start_level=0.0), clips)
+    assert torch.equal(sample_teacher(teacher, LABELS, 4, steps=4, seed=1, start=clips, start_level=1.0),
+                       sample_teacher(teacher, LABELS, 4, steps=4, seed=1))
+    seen = []
+    teacher.register_forward_hook(lambda module, args, out: seen.append(args[1][0, 0].item()))
+    sample_teacher(teacher, LABELS, 4, steps=4, guidance=1.0, seed=1, start=clips, start_level=0.6)
+    assert seen == pytest.approx([0.6, 0.5, 0.25])
+
+
 def test_eta_outside_0_to_1_is_rejected():
     import evaluate
     import sample
     for main in (sample.main, evaluate.main):
         with pytest.raises(SystemExit, match="--eta must be between 0"):
             main(["--ckpt", os.path.join(ROOT, "assets", "teacher.pt"), "--eta", "1.5"])
+    with pytest.raises(SystemExit, match="--start_level must be between 0"):
+        evaluate.main(["--ckpt", os.path.join(ROOT, "assets", "teacher.pt"), "--start_level", "-0.2"])
     with pytest.raises(ValueError, match="eta must be between 0"):
         sample_teacher(GaussianDenoiser(CONFIG, data_std=0.5), LABELS, 4, steps=2, eta=-0.1)
 
