@@ -274,7 +274,7 @@ class LevelExperts(nn.Module):
     low-noise experts: clips above `boundary` go to `high`, a copy fine-tuned on those levels alone,
     the rest to `low`, the all-levels teacher. The high levels decide where objects are and how they
     move, the low ones only finish them (README, "Where the wobble is born"); a net of the same size
-    that spends all its training there draws steadier tracks. A teacher's levels are one per clip."""
+    that spends all its capacity there pops objects in and out less. A teacher's levels are one per clip."""
 
     def __init__(self, low, high, boundary):
         super().__init__()
