@@ -265,7 +265,7 @@ def main(argv):
         raise SystemExit(f"error: {config.teacher} was trained on noise shared across frames; "
                          "distill from a teacher with noise_correlation=0")
     teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
-    models = {name: VideoDiT(mconfig, causal=name in ("student", "ema")).to(device) for name in ("critic", "student", "ema")}
+    models = {name: VideoDiT(mconfig, causal=name != "critic").to(device) for name in ("critic", "student", "ema")}
     for model in models.values():
         model.load_state_dict(teacher_state["ema"])  # everything starts as the (all-levels) teacher
     critic, student, ema = (models[k] for k in ("critic", "student", "ema"))

@@ -19,6 +19,9 @@ plan and context rule, read from its checkpoint):
   (1 = no drift; oversaturation shows as > 1). The same rollouts' first 2x training length (32
   frames) give track jitter and area change over streams past the training length.
 
+With `--start_level S` a teacher does not sample from noise but finishes real clips noised to level S
+(SDEdit): which of its steps make which faults (README, "Where the wobble is born").
+
 Plus three pictures: quality over time on long rollouts (the paper's "average quality over time"
 figure), NFE against Frechet distance, and the chunk rhythm (mean step from each frame to the next).
 Fixed seeds; the sample counts are printed; a JSON last line.
@@ -108,7 +111,8 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance, gu
         batch = labels[first:first + batch_size].to(device)
         if model.causal:
             recipe = state["train_config"]
-            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential", seed + first)), 1)
+            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential",
+                                          seed + first)), 1)
         else:
             start = None if start_clips is None else start_clips[first:first + batch_size] * 2 - 1
             video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + first, eta=eta,
@@ -173,9 +177,12 @@ def main(argv=None):
     if not 0 <= args.eta <= 1:
         raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     if not 0 <= args.start_level <= 1:
-        raise SystemExit(f"error: --start_level must be between 0 (the real clips) and 1 (pure noise), got {args.start_level}")
+        raise SystemExit(f"error: --start_level must be between 0 (the real clips) and 1 (pure noise), "
+                         f"got {args.start_level}")
     device = pick_device()
     models = [(path, *load_checkpoint(path, device)) for path in args.ckpt]
+    if args.start_level < 1 and any(state.get("causal") for _, state, _ in models):
+        raise SystemExit("error: --start_level is for teachers (a student streams from noise); leave the students out")
     config = models[0][2]
     if any(m[2] != config for m in models):
         raise SystemExit("error: the checkpoints have different model configs; evaluate one world size at a time")
@@ -213,13 +220,15 @@ def main(argv=None):
                                          args.guidance, args.guidance_cutoff, args.eta)
             rows[path].update(drift(long_videos[path]), **stream_smoothness(long_videos[path], long_labels, stream_frames))
         else:
-            rows[path]["nfe"] = teacher_forward_passes(args.steps, args.guidance, args.guidance_cutoff)
+            rows[path]["nfe"] = teacher_forward_passes(args.steps, args.guidance, args.guidance_cutoff,
+                                                       args.start_level)
 
     print(f"{args.num} samples of {frames} frames per row ({args.long_num} for the {long_frames}-frame drift rollouts, whose first "
           f"{stream_frames} frames give the stream_ columns), seed {args.seed}, "
           f"device {device}; the real-data row is a second real set against the reference; a teacher takes {args.steps} "
           f"steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}, from "
-          + ("noise" if start_clips is None else f"real clips (seed {40_000 + args.seed}) noised to level {args.start_level}"))
+          + ("noise" if start_clips is None else
+             f"real clips (seed {40_000 + args.seed}) noised to level {args.start_level}"))
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],

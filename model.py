@@ -324,11 +324,13 @@ def export_weights(checkpoint_path, out_path, expert_path=None):
     state, config = load_checkpoint(checkpoint_path)
     keep = {k: state[k] for k in ("model_config", "causal", "ema", "step", "train_config") if k in state}
     if expert_path:
+        if state.get("causal") or state.get("train_config", {}).get("min_level"):
+            raise SystemExit(f"error: {checkpoint_path!r} is no all-levels teacher; give it first, the expert third")
         expert, _ = load_checkpoint(expert_path, expect_config=config)
         boundary = expert.get("train_config", {}).get("min_level", 0)
-        if state.get("causal") or expert.get("causal") or not boundary:
-            raise SystemExit(f"error: {expert_path!r} is no high-noise expert of {checkpoint_path!r}; "
-                             "train one with python train.py ... --init_from=TEACHER --min_level=0.5")
+        if expert.get("causal") or not boundary:
+            raise SystemExit(f"error: {expert_path!r} is no high-noise expert; train one with "
+                             "python train.py config/ship.py config/ship_expert.py")
         keep["expert"] = dict(ema=expert["ema"], boundary=boundary, train_config=expert["train_config"])
     save_checkpoint(keep, out_path)
     print(f"wrote {out_path}: step {keep.get('step')}, {os.path.getsize(out_path) / 2 ** 20:.1f} MB")

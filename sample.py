@@ -63,14 +63,20 @@ def guided_velocity(model, video, noise_levels, labels, guidance, cutoff=GUIDANC
     return torch.where(guided, v_uncond + guidance * (v_cond - v_uncond), v_cond)
 
 
-def teacher_levels(steps, shift=1.0):
-    """The teacher's Euler grid: steps + 1 noise levels from 1 down to 0."""
-    return [warp(1 - i / steps, shift) for i in range(steps + 1)]
+def teacher_levels(steps, shift=1.0, start_level=1.0):
+    """The teacher's Euler grid: steps + 1 noise levels from 1 down to 0; started at `start_level` < 1
+    (sample_teacher's `start`), that level and then the grid's levels below it."""
+    levels = [warp(1 - i / steps, shift) for i in range(steps + 1)]
+    if start_level == 1:
+        return levels
+    # the tolerance keeps a grid level that is the start level up to rounding (1 - 40/50 < 0.2) out
+    return [start_level] + [level for level in levels if level < start_level - 1e-9]
 
 
-def teacher_forward_passes(steps, guidance, guidance_cutoff):
+def teacher_forward_passes(steps, guidance, guidance_cutoff, start_level=1.0):
     """Network evaluations of one sample_teacher call: two on a guided step, one otherwise."""
-    return sum(1 + (guidance != 1.0 and level <= guidance_cutoff) for level in teacher_levels(steps)[:-1])
+    return sum(1 + (guidance != 1.0 and level <= guidance_cutoff)
+               for level in teacher_levels(steps, start_level=start_level)[:-1])
 
 
 def clip_noise(shape, correlation, generator):
@@ -93,14 +99,15 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
     grid's steps below it (SDEdit, Meng et al., 2022): which levels decide what (README, "Where the wobble is born")."""
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be between 0 (the ODE) and 1 (ancestral sampling), got {eta}")
+    if not 0 <= start_level <= 1 or (start is None and start_level != 1):
+        raise ValueError(f"start_level must be between 0 and 1 and needs start clips, got {start_level}")
     c = model.config
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = clip_noise((len(labels), frames, 3, c.image_size, c.image_size), c.noise_correlation, generator).to(device)
-    levels = teacher_levels(steps, shift)
+    levels = teacher_levels(steps, shift, start_level)
     if start is not None:
         x = (1 - start_level) * start.to(device) + start_level * x
-        levels = [start_level] + [level for level in levels if level < start_level]
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -146,7 +146,8 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
         # teacher for the high noise levels"); below min_level the sampler hands over to the all-levels teacher.
         levels = (min_level + (1 - min_level) * torch.rand(B, generator=generator))[:, None].expand(B, Fr)
     else:
-        levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))[:, None].expand(B, Fr)
+        levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))
+        levels = levels[:, None].expand(B, Fr)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
     if frame_level_fraction > 0:
@@ -204,12 +205,13 @@ def main(argv):
     if not 0 <= config.noise_correlation < 1:
         raise SystemExit(f"error: noise_correlation={config.noise_correlation} is a share of variance; "
                          "use a value from 0 to below 1")
-    if not 0 <= config.min_level < 1 or (config.min_level and config.frame_level_fraction):
-        raise SystemExit(f"error: min_level={config.min_level} must be from 0 to below 1, and an expert's clips share "
-                         "one level (frame_level_fraction=0)")
+    if not 0 <= config.min_level < 1:
+        raise SystemExit(f"error: min_level={config.min_level} is a noise level; use a value from 0 to below 1")
+    if config.min_level and config.frame_level_fraction:
+        raise SystemExit("error: a high-noise expert's clips share one level; use min_level with frame_level_fraction=0")
     if config.min_level and not config.init_from:
-        raise SystemExit("error: min_level trains the high-noise half of a finished teacher; give it as --init_from=PATH "
-                         "(config/ship_expert.py)")
+        raise SystemExit("error: min_level trains the high-noise half of a finished teacher; "
+                         "give that teacher as --init_from=PATH (config/ship_expert.py)")
     ddp = "RANK" in os.environ
     if torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -252,12 +254,16 @@ def main(argv):
         state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
         if state.get("causal"):
             raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")
+        if "expert" in state:
+            raise SystemExit(f"error: {config.init_from!r} holds two networks (a high-noise expert); start from the "
+                             "one-network checkpoint it was made from")
         model.load_state_dict(state["ema"])
         ema.load_state_dict(state["ema"])
     sampler = ema
-    if config.min_level:  # an expert's sample GIFs show the two halves together, as they will be shipped
-        low_state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
-        sampler = LevelExperts(build_model(low_state, mconfig, device), ema, config.min_level)
+    if config.min_level:  # an expert's sample GIFs show the two halves together, as they will be used
+        if config.resume:  # `state` holds the init_from teacher unless the run resumed
+            state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
+        sampler = LevelExperts(build_model(state, mconfig, device), ema, config.min_level)
     forward_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if config.compile:
         forward_model = torch.compile(forward_model)

@@ -190,13 +190,14 @@ def test_flow_loss_reads_the_scores_at_its_own_levels(teacher, tmp_path, monkeyp
     assert flow_levels == pytest.approx([flow_level] * 4, abs=0.01)
 
 
-def test_a_teacher_with_a_high_noise_expert_gives_the_real_score_through_both_halves(teacher, tmp_path, monkeypatch):
+def test_a_teacher_with_a_high_noise_expert_gives_the_real_score_as_two_halves(teacher, tmp_path, monkeypatch):
     from model import LevelExperts, export_weights
     train.main([TINY, f"--out_dir={tmp_path / 'expert'}", f"--init_from={teacher}", "--min_level=0.5", "--seed=1"])
     export_weights(teacher, str(tmp_path / "experts.pt"), str(tmp_path / "expert" / "ckpt.pt"))
     seen = []
     real_scores = distill.score_predictions
-    monkeypatch.setattr(distill, "score_predictions", lambda model, *rest: seen.append(model) or real_scores(model, *rest))
+    monkeypatch.setattr(distill, "score_predictions",
+                        lambda model, *rest: seen.append(model) or real_scores(model, *rest))
     distill.main(tiny_args(str(tmp_path / "experts.pt"), tmp_path / "student", "--dmd_steps=1"))
     assert seen and all(isinstance(model, LevelExperts) for model in seen)
 

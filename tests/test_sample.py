@@ -250,6 +250,18 @@ def test_fresh_noise_sampler_at_eta_near_0_is_the_euler_sampler():
     assert not torch.allclose(sample_teacher(teacher, LABELS, 4, steps=3, seed=1, eta=0.5), euler, atol=1e-3)
 
 
+class Still(torch.nn.Module):
+    """A velocity of zero everywhere: every step leaves the sample where it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = CONFIG
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # sample_teacher reads the device off a parameter
+
+    def forward(self, video, noise_levels, labels):
+        return torch.zeros_like(video)
+
+
 def test_teacher_started_from_noised_clips_runs_only_the_steps_below_the_start():
     teacher = student()
     teacher.causal = False
@@ -261,6 +273,14 @@ def test_teacher_started_from_noised_clips_runs_only_the_steps_below_the_start()
     teacher.register_forward_hook(lambda module, args, out: seen.append(args[1][0, 0].item()))
     sample_teacher(teacher, LABELS, 4, steps=4, guidance=1.0, seed=1, start=clips, start_level=0.6)
     assert seen == pytest.approx([0.6, 0.5, 0.25])
+    seen.clear()  # a grid level equal to the start level up to rounding (1 - 40/50 < 0.2) is no extra step
+    sample_teacher(teacher, LABELS, 4, steps=50, guidance=1.0, seed=1, start=clips, start_level=0.2)
+    assert len(seen) == 10 and seen[0] == pytest.approx(0.2)
+    # with no velocity the sampler stops where it starts: the clips mixed with the seed's noise at the level
+    still = Still()
+    noise = torch.randn(clips.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(sample_teacher(still, LABELS, 4, steps=4, guidance=1.0, seed=1, start=clips, start_level=0.6),
+                          0.4 * clips + 0.6 * noise, atol=1e-6)
 
 
 def test_eta_outside_0_to_1_is_rejected():
