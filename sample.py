@@ -67,9 +67,7 @@ def teacher_levels(steps, shift=1.0, start_level=1.0):
     """The teacher's Euler grid: steps + 1 noise levels from 1 down to 0; started at `start_level` < 1
     (sample_teacher's `start`), that level and then the grid's levels below it."""
     levels = [warp(1 - i / steps, shift) for i in range(steps + 1)]
-    if start_level == 1:
-        return levels
-    # the tolerance keeps a grid level that is the start level up to rounding (1 - 40/50 < 0.2) out
+    # the tolerance keeps out a grid level that is the start level up to rounding (1 - 40/50 < 0.2)
     return [start_level] + [level for level in levels if level < start_level - 1e-9]
 
 

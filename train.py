@@ -208,7 +208,8 @@ def main(argv):
     if not 0 <= config.min_level < 1:
         raise SystemExit(f"error: min_level={config.min_level} is a noise level; use a value from 0 to below 1")
     if config.min_level and config.frame_level_fraction:
-        raise SystemExit("error: a high-noise expert's clips share one level; use min_level with frame_level_fraction=0")
+        raise SystemExit("error: a high-noise expert's clips share one level; "
+                         "use min_level with frame_level_fraction=0")
     if config.min_level and not config.init_from:
         raise SystemExit("error: min_level trains the high-noise half of a finished teacher; "
                          "give that teacher as --init_from=PATH (config/ship_expert.py)")
