@@ -44,6 +44,8 @@ from train import flow_matching_loss, parse_config, plot_losses
 @dataclass
 class DistillConfig:
     teacher: str = "assets/teacher.pt"
+    real_teacher: str = ""        # if set, the DMD real score's teacher alone (the ODE pairs and the student
+                                  # keep `teacher`): the two-half teacher's pairs teach a fading student
     plan: str = "diagonal"
     context: str = "last"
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
@@ -259,15 +261,23 @@ def main(argv):
         torch.set_num_threads(config.threads)
 
     teacher_state, mconfig = load_checkpoint(config.teacher, device)
-    if teacher_state.get("causal"):
-        raise SystemExit(f"error: {config.teacher} is a causal student; distill from a teacher checkpoint")
-    if mconfig.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
-        raise SystemExit(f"error: {config.teacher} was trained on noise shared across frames; "
-                         "distill from a teacher with noise_correlation=0")
+    real_state, real_config = (load_checkpoint(config.real_teacher, device, expect_config=mconfig) if config.real_teacher
+                               else (teacher_state, mconfig))
+    for path, state, model_config in ((config.teacher, teacher_state, mconfig), (config.real_teacher, real_state, real_config)):
+        if state.get("causal"):
+            raise SystemExit(f"error: {path} is a causal student; distill from a teacher checkpoint")
+        if model_config.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
+            raise SystemExit(f"error: {path} was trained on noise shared across frames; "
+                             "distill from a teacher with noise_correlation=0")
     teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
-    models = {name: VideoDiT(mconfig, causal=name != "critic").to(device) for name in ("critic", "student", "ema")}
-    for model in models.values():
-        model.load_state_dict(teacher_state["ema"])  # everything starts as the (all-levels) teacher
+    real_teacher = build_model(real_state, mconfig, device)
+    # The critic starts as the real score's teacher, both halves if it has two, so that before the student
+    # moves the fake score equals the real one but for guidance; the causal student starts as the
+    # all-levels net of `teacher`.
+    models = dict(critic=build_model(real_state, mconfig, device).train().requires_grad_(True))
+    for name in ("student", "ema"):
+        models[name] = VideoDiT(mconfig, causal=True).to(device)
+        models[name].load_state_dict(teacher_state["ema"])
     critic, student, ema = (models[k] for k in ("critic", "student", "ema"))
     ema.eval().requires_grad_(False)
     num_chunks = -(-mconfig.frames // mconfig.chunk_frames)
@@ -303,7 +313,8 @@ def main(argv):
         return ode_loss(student, states, plan, train_context, pairs["labels"][index], generator, chunk_mean)
 
     if master:
-        print(f"distill: {config.teacher} -> {config.out_dir}; plan {config.plan} {[len(l) for l in plan]}, context "
+        print(f"distill: {config.teacher}" + (f" (real score: {config.real_teacher})" if config.real_teacher else "")
+              + f" -> {config.out_dir}; plan {config.plan} {[len(l) for l in plan]}, context "
               f"{config.context} (training with {train_context}), flow loss {config.flow_weight} x {config.flow_repr}; "
               f"{world} process(es), from step {step}")
 
@@ -337,7 +348,7 @@ def main(argv):
                 loss = critic_loss(student, critic, config, plan, train_context, labels, generator)
                 update(critic, critic_optimizer, loss, config.grad_clip, world)
                 critic_losses.append(loss.item())
-            loss, dmd, motion = generator_loss(student, teacher, critic, config, plan, train_context, labels, generator)
+            loss, dmd, motion = generator_loss(student, real_teacher, critic, config, plan, train_context, labels, generator)
             anchor = regression(generator, config.anchor_chunk_mean) if config.regression_weight else torch.zeros(())
             update(student, generator_optimizer, loss + config.regression_weight * anchor, config.grad_clip, world)
             for name, value in (("dmd", dmd.item()), ("flow", motion.item()), ("critic", sum(critic_losses) / len(critic_losses)),

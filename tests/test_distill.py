@@ -190,16 +190,27 @@ def test_flow_loss_reads_the_scores_at_its_own_levels(teacher, tmp_path, monkeyp
     assert flow_levels == pytest.approx([flow_level] * 4, abs=0.01)
 
 
-def test_a_teacher_with_a_high_noise_expert_gives_the_real_score_as_two_halves(teacher, tmp_path, monkeypatch):
+def test_a_teacher_with_a_high_noise_expert_gives_real_and_fake_scores_as_two_halves(teacher, tmp_path, monkeypatch):
     from model import LevelExperts, export_weights
     train.main([TINY, f"--out_dir={tmp_path / 'expert'}", f"--init_from={teacher}", "--min_level=0.5", "--seed=1"])
-    export_weights(teacher, str(tmp_path / "experts.pt"), str(tmp_path / "expert" / "ckpt.pt"))
-    seen = []
-    real_scores = distill.score_predictions
-    monkeypatch.setattr(distill, "score_predictions",
-                        lambda model, *rest: seen.append(model) or real_scores(model, *rest))
-    distill.main(tiny_args(str(tmp_path / "experts.pt"), tmp_path / "student", "--dmd_steps=1"))
-    assert seen and all(isinstance(model, LevelExperts) for model in seen)
+    experts = str(tmp_path / "experts.pt")
+    export_weights(teacher, experts, str(tmp_path / "expert" / "ckpt.pt"))
+    expert_weights = torch.load(experts, weights_only=False)["expert"]["ema"]
+    scores, pairs = distill.score_predictions, distill.ode_pairs
+    # the two-half teacher for everything, then only for the real score (--real_teacher): the pairs' teacher
+    for run, pairs_teacher, extra in (("both", LevelExperts, []), ("real", VideoDiT, [f"--real_teacher={experts}"])):
+        seen, pairs_seen = [], []
+        monkeypatch.setattr(distill, "score_predictions",
+                            lambda real, fake, *rest: seen.append((real, fake)) or scores(real, fake, *rest))
+        monkeypatch.setattr(distill, "ode_pairs", lambda model, *rest: pairs_seen.append(model) or pairs(model, *rest))
+        # critic levels centred on 0.5 (logit-normal around 0), so its clips go to both halves
+        distill.main(tiny_args(experts if run == "both" else teacher, tmp_path / run, "--noise_mean=0.0", *extra))
+        assert seen and all(isinstance(real, LevelExperts) and isinstance(fake, LevelExperts) for real, fake in seen)
+        assert pairs_seen and all(type(model) is pairs_teacher for model in pairs_seen)
+        # the critic started as both halves of the teacher and its critic updates trained both of them
+        critic_weights = torch.load(tmp_path / run / "ckpt.pt", weights_only=False)["critic"]
+        for half, start in (("high", expert_weights), ("low", torch.load(teacher, weights_only=False)["ema"])):
+            assert any(not torch.equal(critic_weights[f"{half}.{name}"], weight) for name, weight in start.items()), half
 
 
 def test_clear_errors(teacher, tmp_path):
@@ -221,6 +232,14 @@ def test_clear_errors(teacher, tmp_path):
     torch.save(state, tmp_path / "shared_noise.pt")
     with pytest.raises(SystemExit, match="noise shared across frames"):
         distill.main(tiny_args(tmp_path / "shared_noise.pt", tmp_path / "from_shared_noise"))
+    # a real score's teacher is checked alike, and must share the pairs' teacher's model config
+    state["model_config"].update(noise_correlation=0.0, width=2 * state["model_config"]["width"])
+    torch.save(state, tmp_path / "wider.pt")
+    for real_teacher, message in ((tmp_path / "student" / "ckpt.pt", "causal student"),
+                                  (tmp_path / "shared_noise.pt", "noise shared across frames"),
+                                  (tmp_path / "wider.pt", "another model config")):
+        with pytest.raises(SystemExit, match=message):
+            distill.main(tiny_args(teacher, tmp_path / "with_real_teacher", f"--real_teacher={real_teacher}"))
 
 
 def test_shipped_student_streams_the_toy_world(tmp_path):
