@@ -44,8 +44,9 @@ from train import flow_matching_loss, parse_config, plot_losses
 @dataclass
 class DistillConfig:
     teacher: str = "assets/teacher.pt"
-    real_teacher: str = ""        # if set, the DMD real score's teacher alone (the ODE pairs and the student
-                                  # keep `teacher`): the two-half teacher's pairs teach a fading student
+    real_teacher: str = ""        # if set, the DMD real score's teacher alone (the ODE pairs and the student keep
+                                  # `teacher`): the two-half teacher's pairs teach a fading student (README,
+                                  # "Where the fade starts")
     plan: str = "diagonal"
     context: str = "last"
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
@@ -261,12 +262,14 @@ def main(argv):
         torch.set_num_threads(config.threads)
 
     teacher_state, mconfig = load_checkpoint(config.teacher, device)
-    real_state, real_config = (load_checkpoint(config.real_teacher, device, expect_config=mconfig) if config.real_teacher
-                               else (teacher_state, mconfig))
-    for path, state, model_config in ((config.teacher, teacher_state, mconfig), (config.real_teacher, real_state, real_config)):
+    real_state, real_config = (load_checkpoint(config.real_teacher, device, expect_config=mconfig)
+                               if config.real_teacher else (teacher_state, mconfig))
+    for path, state, model_config in ((config.teacher, teacher_state, mconfig),
+                                      (config.real_teacher, real_state, real_config)):
         if state.get("causal"):
             raise SystemExit(f"error: {path} is a causal student; distill from a teacher checkpoint")
-        if model_config.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
+        # ODE pairs, DMD noising and the student's chunks all draw independent noise
+        if model_config.noise_correlation:
             raise SystemExit(f"error: {path} was trained on noise shared across frames; "
                              "distill from a teacher with noise_correlation=0")
     teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
@@ -348,7 +351,8 @@ def main(argv):
                 loss = critic_loss(student, critic, config, plan, train_context, labels, generator)
                 update(critic, critic_optimizer, loss, config.grad_clip, world)
                 critic_losses.append(loss.item())
-            loss, dmd, motion = generator_loss(student, real_teacher, critic, config, plan, train_context, labels, generator)
+            loss, dmd, motion = generator_loss(student, real_teacher, critic, config, plan, train_context, labels,
+                                               generator)
             anchor = regression(generator, config.anchor_chunk_mean) if config.regression_weight else torch.zeros(())
             update(student, generator_optimizer, loss + config.regression_weight * anchor, config.grad_clip, world)
             for name, value in (("dmd", dmd.item()), ("flow", motion.item()), ("critic", sum(critic_losses) / len(critic_losses)),
