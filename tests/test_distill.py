@@ -197,7 +197,8 @@ def test_a_teacher_with_a_high_noise_expert_gives_real_and_fake_scores_as_two_ha
     export_weights(teacher, experts, str(tmp_path / "expert" / "ckpt.pt"))
     expert_weights = torch.load(experts, weights_only=False)["expert"]["ema"]
     scores, pairs = distill.score_predictions, distill.ode_pairs
-    # the two-half teacher for everything, then only for the real score (--real_teacher): the pairs' teacher
+    # the two-half teacher for everything, then for the real score only (--real_teacher), when the ODE pairs
+    # come from the plain teacher
     for run, pairs_teacher, extra in (("both", LevelExperts, []), ("real", VideoDiT, [f"--real_teacher={experts}"])):
         seen, pairs_seen = [], []
         monkeypatch.setattr(distill, "score_predictions",
