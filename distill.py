@@ -261,19 +261,19 @@ def main(argv):
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    teacher_state, mconfig = load_checkpoint(config.teacher, device)
-    real_state, real_config = (load_checkpoint(config.real_teacher, device, expect_config=mconfig)
-                               if config.real_teacher else (teacher_state, mconfig))
-    for path, state, model_config in ((config.teacher, teacher_state, mconfig),
-                                      (config.real_teacher, real_state, real_config)):
+    def load_teacher(path, expect_config=None):
+        state, model_config = load_checkpoint(path, device, expect_config)
         if state.get("causal"):
             raise SystemExit(f"error: {path} is a causal student; distill from a teacher checkpoint")
-        # ODE pairs, DMD noising and the student's chunks all draw independent noise
-        if model_config.noise_correlation:
+        if model_config.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
             raise SystemExit(f"error: {path} was trained on noise shared across frames; "
                              "distill from a teacher with noise_correlation=0")
+        return state, model_config
+
+    teacher_state, mconfig = load_teacher(config.teacher)
+    real_state = load_teacher(config.real_teacher, mconfig)[0] if config.real_teacher else teacher_state
     teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
-    real_teacher = build_model(real_state, mconfig, device)
+    real_teacher = build_model(real_state, mconfig, device) if config.real_teacher else teacher
     # The critic starts as the real score's teacher, both halves if it has two, so that before the student
     # moves the fake score equals the real one but for guidance; the causal student starts as the
     # all-levels net of `teacher`.
