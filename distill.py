@@ -44,9 +44,9 @@ from train import flow_matching_loss, parse_config, plot_losses
 @dataclass
 class DistillConfig:
     teacher: str = "assets/teacher.pt"
-    real_teacher: str = ""        # if set, the DMD real score's teacher alone (the ODE pairs and the student keep
-                                  # `teacher`): the two-half teacher's pairs teach a fading student (README,
-                                  # "Where the fade starts")
+    real_teacher: str = ""        # if set, the DMD real score's teacher alone, of any size (the ODE pairs and the
+                                  # student keep `teacher`): the two-half teacher's pairs teach a fading student
+                                  # (README, "Where the fade starts")
     plan: str = "diagonal"
     context: str = "last"
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
@@ -261,8 +261,8 @@ def main(argv):
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    def load_teacher(path, expect_config=None):
-        state, model_config = load_checkpoint(path, device, expect_config)
+    def load_teacher(path):
+        state, model_config = load_checkpoint(path, device)
         if state.get("causal"):
             raise SystemExit(f"error: {path} is a causal student; distill from a teacher checkpoint")
         if model_config.noise_correlation:  # ODE pairs, DMD noising and the student's chunks all draw independent noise
@@ -271,13 +271,18 @@ def main(argv):
         return state, model_config
 
     teacher_state, mconfig = load_teacher(config.teacher)
-    real_state = load_teacher(config.real_teacher, mconfig)[0] if config.real_teacher else teacher_state
+    real_state, real_config = load_teacher(config.real_teacher) if config.real_teacher else (teacher_state, mconfig)
+    # the real score (and so the critic) may be a net of another size, a deeper teacher, say, while the
+    # student keeps the size of the teacher whose pairs it regresses onto; but it must draw the same world
+    if (real_config.image_size, real_config.num_labels) != (mconfig.image_size, mconfig.num_labels):
+        raise SystemExit(f"error: {config.real_teacher} draws {real_config.image_size}px frames of {real_config.num_labels} "
+                         f"labels, {config.teacher} {mconfig.image_size}px of {mconfig.num_labels}; use teachers of one world")
     teacher = build_model(teacher_state, mconfig, device)  # with its high-noise expert, if it has one
-    real_teacher = build_model(real_state, mconfig, device) if config.real_teacher else teacher
+    real_teacher = build_model(real_state, real_config, device) if config.real_teacher else teacher
     # The critic starts as the real score's teacher, both halves if it has two, so that before the student
     # moves the fake score equals the real one but for guidance; the causal student starts as the
     # all-levels net of `teacher`.
-    models = dict(critic=build_model(real_state, mconfig, device).train().requires_grad_(True))
+    models = dict(critic=build_model(real_state, real_config, device).train().requires_grad_(True))
     for name in ("student", "ema"):
         models[name] = VideoDiT(mconfig, causal=True).to(device)
         models[name].load_state_dict(teacher_state["ema"])
@@ -295,8 +300,12 @@ def main(argv):
     ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
     if config.resume:
         state, _ = load_checkpoint(ckpt_path, device, expect_config=mconfig)
-        for name in ("student", "ema", "critic"):
-            models[name].load_state_dict(state[name])
+        try:
+            for name in ("student", "ema", "critic"):
+                models[name].load_state_dict(state[name])
+        except RuntimeError:  # a critic of another size: the run began with another real score's teacher
+            raise SystemExit(f"error: {ckpt_path}'s critic does not fit this real score's teacher; resume with the "
+                             f"--real_teacher it began with ({state['train_config'].get('real_teacher') or 'none'})")
         for name, optimizer, lr in (("ode_optimizer", ode_optimizer, config.ode_lr),
                                     ("generator_optimizer", generator_optimizer, config.lr),
                                     ("critic_optimizer", critic_optimizer, config.critic_lr)):

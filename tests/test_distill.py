@@ -214,6 +214,22 @@ def test_a_teacher_with_a_high_noise_expert_gives_real_and_fake_scores_as_two_ha
             assert any(not torch.equal(critic_weights[f"{half}.{name}"], weight) for name, weight in start.items()), half
 
 
+def test_a_real_score_teacher_of_another_size_gives_the_critic_its_size(teacher, tmp_path, monkeypatch):
+    train.main([TINY, f"--out_dir={tmp_path / 'deeper'}", "--depth=2"])
+    deeper = str(tmp_path / "deeper" / "ckpt.pt")
+    seen, scores = [], distill.score_predictions
+    monkeypatch.setattr(distill, "score_predictions", lambda real, fake, *rest: seen.append((real, fake)) or scores(real, fake, *rest))
+    distill.main(tiny_args(teacher, tmp_path / "student", f"--real_teacher={deeper}"))
+    assert seen and all(len(real.blocks) == len(fake.blocks) == 2 for real, fake in seen)
+    # the student keeps the pairs' teacher's size (one block), the critic the real score's (two)
+    state = torch.load(tmp_path / "student" / "ckpt.pt", weights_only=False)
+    assert state["model_config"]["depth"] == 1 and not any(name.startswith("blocks.1.") for name in state["ema"])
+    assert any(name.startswith("blocks.1.") for name in state["critic"])
+    # resuming without that teacher fails with one line instead of a state-dict traceback
+    with pytest.raises(SystemExit, match="resume with the --real_teacher it began with"):
+        distill.main(tiny_args(teacher, tmp_path / "student", "--resume=1"))
+
+
 def test_clear_errors(teacher, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "distill.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -233,12 +249,12 @@ def test_clear_errors(teacher, tmp_path):
     torch.save(state, tmp_path / "shared_noise.pt")
     with pytest.raises(SystemExit, match="noise shared across frames"):
         distill.main(tiny_args(tmp_path / "shared_noise.pt", tmp_path / "from_shared_noise"))
-    # a real score's teacher is checked alike, and must share the pairs' teacher's model config
-    state["model_config"].update(noise_correlation=0.0, width=2 * state["model_config"]["width"])
-    torch.save(state, tmp_path / "wider.pt")
+    # a real score's teacher is checked alike, and must draw the pairs' teacher's world
+    state["model_config"].update(noise_correlation=0.0, image_size=2 * state["model_config"]["image_size"])
+    torch.save(state, tmp_path / "larger_frames.pt")
     for real_teacher, message in ((tmp_path / "student" / "ckpt.pt", "causal student"),
                                   (tmp_path / "shared_noise.pt", "noise shared across frames"),
-                                  (tmp_path / "wider.pt", "another model config")):
+                                  (tmp_path / "larger_frames.pt", "teachers of one world")):
         with pytest.raises(SystemExit, match=message):
             distill.main(tiny_args(teacher, tmp_path / "with_real_teacher", f"--real_teacher={real_teacher}"))
 
