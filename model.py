@@ -39,6 +39,7 @@ class ModelConfig:
     chunk_frames: int = 2      # frames generated together by the causal student
     patch_frames: int = 1      # frames per token (a tubelet); chunk_frames must be a multiple of it
     noise_correlation: float = 0.0  # teacher only: share of its noise common to a clip's frames (sample.clip_noise)
+    self_condition: bool = False    # teacher only: also reads its own last estimate of the clean clip (train.py)
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -183,7 +184,7 @@ class VideoDiT(nn.Module):
             raise ValueError(f"patch_frames={c.patch_frames} must divide chunk_frames={c.chunk_frames} and frames={c.frames}")
         self.grid = c.image_size // c.patch_size
         self.patch_numbers = 3 * c.patch_frames * c.patch_size ** 2  # pixel values in one token
-        self.patch_in = nn.Linear(self.patch_numbers, w)
+        self.patch_in = nn.Linear(self.patch_numbers * (1 + c.self_condition), w)
         self.noise_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.label_embed = nn.Embedding(c.num_labels + 1, w)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
@@ -211,7 +212,7 @@ class VideoDiT(nn.Module):
         frames = tokens.view(B, token_frames, g, g, t, 3, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
         return frames.reshape(B, token_frames * t, 3, g * p, g * p)
 
-    def forward(self, video, noise_levels, labels, frame_offset=0, kv_cache=None):
+    def forward(self, video, noise_levels, labels, frame_offset=0, kv_cache=None, clean_estimate=None):
         """Predict the velocity `noise - clean` for every frame (so clean = video - level * velocity).
 
         video [B, F, 3, H, W] at per-frame noise_levels [B, F] in [0, 1] (the frames of one token
@@ -220,6 +221,7 @@ class VideoDiT(nn.Module):
         starting at frame `frame_offset`, attending to the `kv_cache`. An int offset lets eager code
         attend only to the cache slots in use so far; a 0-d tensor offset keeps every shape static
         (the whole cache, masked) so the call can be captured in a CUDA graph and replayed.
+        A self-conditioned net also reads `clean_estimate` [B, F, 3, H, W], zeros when not given.
         """
         c = self.config
         B, Fr = video.shape[:2]
@@ -248,7 +250,11 @@ class VideoDiT(nn.Module):
             # layer, which cost more than the attention itself at our sizes
             mask = torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
 
-        x = self.patch_in(self.patchify(video)) + self.spatial_embed
+        tokens = self.patchify(video)
+        if c.self_condition:
+            estimate = torch.zeros_like(video) if clean_estimate is None else clean_estimate.to(video.dtype)
+            tokens = torch.cat([tokens, self.patchify(estimate)], dim=-1)
+        x = self.patch_in(tokens) + self.spatial_embed
         token_levels = noise_levels[:, ::c.patch_frames]
         cond = self.noise_mlp(sincos(token_levels * 1000, c.width)) + self.label_embed(labels)[:, None]
         for layer, block in enumerate(self.blocks):
@@ -281,14 +287,14 @@ class LevelExperts(nn.Module):
         self.low, self.high, self.boundary = low, high, boundary
         self.config, self.causal = low.config, False
 
-    def forward(self, video, noise_levels, labels):
+    def forward(self, video, noise_levels, labels, clean_estimate=None):
         high = noise_levels[:, 0] > self.boundary
         if high.all() or not high.any():
-            return (self.high if high.all() else self.low)(video, noise_levels, labels)
-        velocity_high = self.high(video[high], noise_levels[high], labels[high])
-        velocity = velocity_high.new_empty(video.shape)
-        velocity[high] = velocity_high
-        velocity[~high] = self.low(video[~high], noise_levels[~high], labels[~high])
+            return (self.high if high.all() else self.low)(video, noise_levels, labels, clean_estimate=clean_estimate)
+        velocity = video.new_empty(video.shape)
+        for part, net in ((high, self.high), (~high, self.low)):
+            estimate = None if clean_estimate is None else clean_estimate[part]
+            velocity[part] = net(video[part], noise_levels[part], labels[part], clean_estimate=estimate).to(velocity.dtype)
         return velocity
 
 
@@ -299,8 +305,9 @@ def save_checkpoint(state, path):
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, device="cpu", expect_config=None):
-    """Load a checkpoint, failing with one line that says what to do."""
+def load_checkpoint(path, device="cpu", expect_config=None, settings=("noise_correlation",)):
+    """Load a checkpoint, failing with one line that says what to do; the config fields in `settings`
+    may differ from `expect_config`."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: no checkpoint at {path!r}; train one first (python train.py config/cpu.py) or fix the path")
     try:
@@ -310,9 +317,9 @@ def load_checkpoint(path, device="cpu", expect_config=None):
         raise SystemExit(f"error: {path!r} is not a checkpoint of this codebase ({type(e).__name__}: {e})")
     # the noise a teacher trains on is a training setting, not its shape: a run may take the weights of
     # one trained on other noise (PYoCo fine-tunes a model of independent noise onto shared noise)
-    if expect_config is not None and replace(config, noise_correlation=expect_config.noise_correlation) != expect_config:
-        diff = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items()
-                if getattr(expect_config, k) != v and k != "noise_correlation"}
+    diff = {k: (v, getattr(expect_config, k)) for k, v in asdict(config).items()
+            if expect_config is not None and getattr(expect_config, k) != v and k not in settings}
+    if diff:
         raise SystemExit(f"error: {path!r} was made with another model config (checkpoint vs now: {diff}); "
                          f"use a fresh out_dir or the matching preset")
     return state, config

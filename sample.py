@@ -49,17 +49,18 @@ def pick_device():
     return "cpu"
 
 
-def guided_velocity(model, video, noise_levels, labels, guidance, cutoff=GUIDANCE_CUTOFF):
+def guided_velocity(model, video, noise_levels, labels, guidance, cutoff=GUIDANCE_CUTOFF, clean_estimate=None):
     """v_uncond + guidance * (v_cond - v_uncond), both halves in one forward pass, on frames whose noise
     level is at most `cutoff`; noisier frames get v_cond alone. Guidance at the noisiest levels, where
     the number and place of objects are decided, added stray objects and pulled every clip of a label
     towards one layout (README, "The teacher"): the guidance interval of Kynkaanniemi et al. (2024)."""
     guided = (noise_levels <= cutoff)[:, :, None, None, None]
     if guidance == 1.0 or not guided.any():
-        return model(video, noise_levels, labels)
+        return model(video, noise_levels, labels, clean_estimate=clean_estimate)
     null = torch.full_like(labels, model.config.num_labels)
+    estimate = None if clean_estimate is None else clean_estimate.repeat(2, 1, 1, 1, 1)
     v_cond, v_uncond = model(video.repeat(2, 1, 1, 1, 1), noise_levels.repeat(2, 1),
-                             torch.cat([labels, null])).chunk(2)
+                             torch.cat([labels, null]), clean_estimate=estimate).chunk(2)
     return torch.where(guided, v_uncond + guidance * (v_cond - v_uncond), v_cond)
 
 
@@ -106,10 +107,12 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
     levels = teacher_levels(steps, shift, start_level)
     if start is not None:
         x = (1 - start_level) * start.to(device) + start_level * x
+    clean = None  # the last step's estimate of the clean clip, which a self-conditioned teacher reads
     for level, next_level in zip(levels[:-1], levels[1:]):
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff).float()
+            v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff, clean).float()
+        clean = x - level * v
         if eta == 0:  # the same step as fresh_noise_step at eta 0, without drawing noise it would not use
             x = x + (next_level - level) * v
         else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, asdict, fields
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import NUM_LABELS, make_clips, save_gif
@@ -43,6 +44,7 @@ class TrainConfig:
     depth: int = 4
     heads: int = 4
     noise_correlation: float = 0.0  # share of the noise common to a clip's frames (sample.clip_noise); sampling too
+    self_condition: bool = False    # the net also reads its own last clean estimate (flow_matching_loss); sampling too
     # optimisation
     steps: int = 3000
     batch_size: int = 16
@@ -132,7 +134,7 @@ def learning_rate(config, step):
 
 
 def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
-                       frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0):
+                       frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0, self_condition=False):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
     `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert), label
     dropout, noise with a `noise_correlation` share common to a clip's frames.
@@ -163,7 +165,18 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
     levels = levels.to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * video + s * noise
-    velocity = model(noisy, levels, labels).float()
+    estimate = None
+    if self_condition:
+        # Self-conditioning (Chen et al., 2022, "Analog Bits"): for half the clips the net first
+        # estimates the clean clip without a gradient, then reads that estimate beside the noisy clip;
+        # the sampler gives it the previous step's. A small net gets a second look at the tracks it
+        # drew, at the price of one more pass for half the batch in training, none in sampling.
+        second_look = (torch.rand(B, generator=generator) < 0.5).to(device)
+        estimate = torch.zeros_like(noisy)
+        with torch.no_grad():
+            first = model(noisy[second_look], levels[second_look], labels[second_look]).float()
+            estimate[second_look] = noisy[second_look] - s[second_look] * first
+    velocity = model(noisy, levels, labels, clean_estimate=estimate).float()
     clean = noisy - s * velocity
     error = (clean - video) / s.clamp(min=weight_floor)
     loss = error.square().mean()
@@ -252,14 +265,21 @@ def main(argv):
         if os.path.abspath(config.init_from) == os.path.abspath(ckpt_path):
             raise SystemExit(f"error: --init_from={config.init_from} is this run's own checkpoint, which the run would "
                              "overwrite; pick another --out_dir, or continue it with --resume=1")
-        state, _ = load_checkpoint(config.init_from, device, expect_config=mconfig)
+        state, source_config = load_checkpoint(config.init_from, device, expect_config=mconfig,
+                                               settings=("noise_correlation", "self_condition"))
         if state.get("causal"):
             raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")
         if "expert" in state:
             raise SystemExit(f"error: {config.init_from!r} holds two networks (a high-noise expert); start from the "
                              "one-network checkpoint it was made from")
-        model.load_state_dict(state["ema"])
-        ema.load_state_dict(state["ema"])
+        weights = state["ema"]
+        if source_config.self_condition != mconfig.self_condition:
+            if not mconfig.self_condition:
+                raise SystemExit(f"error: {config.init_from!r} is self-conditioned; fine-tune it with --self_condition=1")
+            # the estimate's input weights start at zero: the widened net starts as the teacher it was
+            weights = dict(weights, **{"patch_in.weight": F.pad(weights["patch_in.weight"], (0, model.patch_numbers))})
+        model.load_state_dict(weights)
+        ema.load_state_dict(weights)
     sampler = ema
     if config.min_level:  # an expert's sample GIFs show the two halves together, as they will be used
         if config.resume:  # `state` holds the init_from teacher unless the run resumed
@@ -295,7 +315,8 @@ def main(argv):
             noise_generator = torch.Generator().manual_seed(noise_seed)
             loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
                                       config.motion_weight, config.weight_floor, config.frame_level_fraction,
-                                      config.noise_correlation, config.min_level)
+                                      config.noise_correlation, min_level=config.min_level,
+                                      self_condition=config.self_condition)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

@@ -73,7 +73,7 @@ class ZeroVelocity(torch.nn.Module):
         self.config, self.inputs = config, []
         self.anchor = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, video, noise_levels, labels):
+    def forward(self, video, noise_levels, labels, clean_estimate=None):
         self.inputs.append(video.detach().clone())
         return video * self.anchor
 
@@ -122,7 +122,7 @@ def test_motion_weight_charges_flicker_not_a_steady_offset():
     flicker = steady * torch.tensor([1.0, -1.0, 1.0, -1.0]).view(1, 4, 1, 1, 1)
 
     def loss(offset, motion_weight):
-        def model(noisy, levels, labels):  # the velocity whose clean prediction is video + offset
+        def model(noisy, levels, labels, clean_estimate=None):  # the velocity whose clean prediction is video + offset
             return (noisy - video - offset) / levels[:, :, None, None, None]
         labels, generator = torch.zeros(2, dtype=torch.long), torch.Generator().manual_seed(0)
         return train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, motion_weight).item()
@@ -138,7 +138,7 @@ def test_weight_floor_caps_the_velocity_weight():
     video = torch.zeros(64, 2, 3, 4, 4)
     seen = {}
 
-    def model(noisy, levels, labels):  # the velocity whose clean prediction is video + 0.1
+    def model(noisy, levels, labels, clean_estimate=None):  # the velocity whose clean prediction is video + 0.1
         seen["levels"] = levels[:, 0]
         return (noisy - video - 0.1) / levels[:, :, None, None, None]
 
@@ -162,7 +162,7 @@ def test_frame_level_fraction_gives_that_share_of_clips_a_level_per_frame():
     video = torch.zeros(256, 4, 3, 4, 4)
     config, seen = train.TrainConfig(), {}
 
-    def model(noisy, levels, labels):  # the velocity whose clean prediction is exact if `levels` is right
+    def model(noisy, levels, labels, clean_estimate=None):  # the velocity whose clean prediction is exact if `levels` is right
         seen["levels"] = levels
         return noisy / levels[:, :, None, None, None]
 
@@ -184,6 +184,66 @@ def test_frame_level_fraction_gives_that_share_of_clips_a_level_per_frame():
     paired = levels(0.25)
     assert torch.equal(paired[:, 0::2], paired[:, 1::2])
     assert (paired[:, 0] != paired[:, 2]).float().mean() > 0.15
+
+
+class Recorder(torch.nn.Module):
+    """A tiny self-conditioned teacher that keeps every call's inputs and velocity."""
+
+    def __init__(self):
+        super().__init__()
+        from model import ModelConfig
+        torch.manual_seed(0)
+        self.net = VideoDiT(ModelConfig(image_size=8, frames=4, width=32, depth=1, heads=2, num_labels=train.NUM_LABELS,
+                                        self_condition=True))
+        for p in self.net.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        self.config, self.calls = self.net.config, []
+
+    def forward(self, video, noise_levels, labels, clean_estimate=None):
+        velocity = self.net(video, noise_levels, labels, clean_estimate=clean_estimate)
+        self.calls.append(dict(video=video, levels=noise_levels, estimate=clean_estimate, velocity=velocity))
+        return velocity
+
+
+def test_self_conditioning_reads_the_nets_own_estimate_in_training_and_sampling():
+    """Training: a first pass without gradient estimates the clean clip for some of the clips, the
+    second pass reads it (zeros for the rest) and trains the weights that read it. Sampling: each
+    step reads the clean estimate the step before implied, the first step none."""
+    model, video = Recorder(), torch.randn(8, 4, 3, 8, 8)
+    labels, generator = torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0)
+    loss = train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, self_condition=True)
+    first, second = model.calls
+    looked = second["estimate"].flatten(1).abs().sum(1) > 0
+    assert 0 < looked.sum() < 8 and len(first["video"]) == looked.sum() and not first["velocity"].requires_grad
+    noisy, levels = second["video"][looked], second["levels"][looked][:, :, None, None, None]
+    assert torch.allclose(second["estimate"][looked], noisy - levels * first["velocity"])
+    loss.backward()
+    assert model.net.patch_in.weight.grad[:, model.net.patch_numbers:].abs().sum() > 0
+
+    from sample import sample_teacher
+    model.calls.clear()
+    sample_teacher(model, labels[:2], 4, steps=3, guidance=1.0)
+    assert model.calls[0]["estimate"] is None and len(model.calls) == 3
+    for before, after in zip(model.calls[:-1], model.calls[1:]):
+        level = before["levels"][:, :, None, None, None]
+        assert torch.allclose(after["estimate"], before["video"] - level * before["velocity"])
+
+
+def test_self_conditioning_starts_as_the_teacher_it_widens(tmp_path):
+    """--init_from a plain teacher with --self_condition=1: the estimate's input weights start at zero,
+    so the widened net draws what its teacher drew whatever estimate it reads; a self-conditioned net
+    cannot be narrowed back."""
+    train.main([TINY, f"--out_dir={tmp_path / 'plain'}"])
+    train.main([TINY, f"--init_from={tmp_path / 'plain' / 'ckpt.pt'}", "--self_condition=1", "--lr=0", "--steps=1",
+                f"--out_dir={tmp_path / 'widened'}"])
+    plain, widened = (build_model(*load_checkpoint(str(tmp_path / name / "ckpt.pt"))) for name in ("plain", "widened"))
+    assert widened.config.self_condition and not plain.config.self_condition
+    video, levels, labels = torch.randn(2, 4, 3, 16, 16), torch.full((2, 4), 0.7), torch.tensor([1, 2])
+    expected = plain(video, levels, labels)
+    for estimate in (None, torch.randn_like(video)):
+        assert torch.allclose(widened(video, levels, labels, clean_estimate=estimate), expected, atol=1e-5)
+    with pytest.raises(SystemExit, match="self-conditioned"):
+        train.main([TINY, f"--init_from={tmp_path / 'widened' / 'ckpt.pt'}", f"--out_dir={tmp_path / 'narrowed'}"])
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -269,7 +329,7 @@ def test_high_noise_expert_trains_on_its_levels_and_takes_them_over(tmp_path, mo
     from model import LevelExperts, export_weights
     seen = {}
 
-    def record(noisy, levels, labels):
+    def record(noisy, levels, labels, clean_estimate=None):
         seen["levels"] = levels
         return noisy
     generator = torch.Generator().manual_seed(0)
@@ -283,7 +343,8 @@ def test_high_noise_expert_trains_on_its_levels_and_takes_them_over(tmp_path, mo
     with pytest.raises(SystemExit, match="no high-noise expert"):
         export_weights(base, str(tmp_path / "teacher.pt"), base)
     min_levels, real_loss = [], train.flow_matching_loss
-    monkeypatch.setattr(train, "flow_matching_loss", lambda *args: min_levels.append(args[-1]) or real_loss(*args))
+    monkeypatch.setattr(train, "flow_matching_loss", lambda *args, **kwargs: min_levels.append(kwargs["min_level"])
+                        or real_loss(*args, **kwargs))
     train.main([TINY, f"--out_dir={tmp_path / 'expert'}", f"--init_from={base}", "--min_level=0.5", "--seed=1"])
     assert min_levels == [0.5] * 4                                      # every step of the run trains the expert
     expert = str(tmp_path / "expert" / "ckpt.pt")
