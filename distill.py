@@ -123,14 +123,15 @@ def teacher_trajectories(teacher, labels, frames, keep_levels, steps, guidance, 
     grid = sorted({warp(1 - i / steps) for i in range(steps + 1)} | set(keep_levels), reverse=True)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(labels), frames, 3, c.image_size, c.image_size, generator=generator).to(device)
-    states = {}
+    states, clean = {}, None  # a self-conditioned teacher reads the last step's clean estimate, as in sample_teacher
     for level, next_level in zip(grid[:-1], grid[1:]):
         if level in keep_levels:
             states[level] = x.clone()
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            velocity = guided_velocity(teacher, x, noise_levels, labels, guidance, guidance_cutoff)
-        x = x + (next_level - level) * velocity.float()
+            velocity = guided_velocity(teacher, x, noise_levels, labels, guidance, guidance_cutoff, clean).float()
+        clean = x - level * velocity
+        x = x + (next_level - level) * velocity
     states[0.0] = x
     return states
 

@@ -207,8 +207,8 @@ class Recorder(torch.nn.Module):
 
 def test_self_conditioning_reads_the_nets_own_estimate_in_training_and_sampling():
     """Training: a first pass without gradient estimates the clean clip for some of the clips, the
-    second pass reads it (zeros for the rest) and trains the weights that read it. Sampling: each
-    step reads the clean estimate the step before implied, the first step none."""
+    second pass reads it (zeros for the rest) and trains the weights that read it. Sampling and the ODE
+    pairs of distillation: each step reads the clean estimate the step before implied, the first step none."""
     model, video = Recorder(), torch.randn(8, 4, 3, 8, 8)
     labels, generator = torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0)
     loss = train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, self_condition=True)
@@ -221,12 +221,14 @@ def test_self_conditioning_reads_the_nets_own_estimate_in_training_and_sampling(
     assert model.net.patch_in.weight.grad[:, model.net.patch_numbers:].abs().sum() > 0
 
     from sample import sample_teacher
-    model.calls.clear()
-    sample_teacher(model, labels[:2], 4, steps=3, guidance=1.0)
-    assert model.calls[0]["estimate"] is None and len(model.calls) == 3
-    for before, after in zip(model.calls[:-1], model.calls[1:]):
-        level = before["levels"][:, :, None, None, None]
-        assert torch.allclose(after["estimate"], before["video"] - level * before["velocity"])
+    for sampler in (lambda: sample_teacher(model, labels[:2], 4, steps=3, guidance=1.0),   # samples and ODE pairs
+                    lambda: distill.teacher_trajectories(model, labels[:2], 4, {0.5}, 3, 1.0, 1.0, seed=0)):
+        model.calls.clear()
+        sampler()
+        assert model.calls[0]["estimate"] is None and len(model.calls) >= 3
+        for before, after in zip(model.calls[:-1], model.calls[1:]):
+            level = before["levels"][:, :, None, None, None]
+            assert torch.allclose(after["estimate"], before["video"] - level * before["velocity"])
 
 
 def test_self_conditioning_starts_as_the_teacher_it_widens(tmp_path):
