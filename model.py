@@ -294,7 +294,7 @@ class LevelExperts(nn.Module):
         velocity = video.new_empty(video.shape)
         for part, net in ((high, self.high), (~high, self.low)):
             estimate = None if clean_estimate is None else clean_estimate[part]
-            velocity[part] = net(video[part], noise_levels[part], labels[part], clean_estimate=estimate).to(velocity.dtype)
+            velocity[part] = net(video[part], noise_levels[part], labels[part], clean_estimate=estimate)
         return velocity
 
 

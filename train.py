@@ -275,7 +275,7 @@ def main(argv):
         weights = state["ema"]
         if source_config.self_condition != mconfig.self_condition:
             if not mconfig.self_condition:
-                raise SystemExit(f"error: {config.init_from!r} is self-conditioned; fine-tune it with --self_condition=1")
+                raise SystemExit(f"error: {config.init_from!r} is self-conditioned; keep --self_condition=1")
             # the estimate's input weights start at zero: the widened net starts as the teacher it was
             weights = dict(weights, **{"patch_in.weight": F.pad(weights["patch_in.weight"], (0, model.patch_numbers))})
         model.load_state_dict(weights)

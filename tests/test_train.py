@@ -162,7 +162,7 @@ def test_frame_level_fraction_gives_that_share_of_clips_a_level_per_frame():
     video = torch.zeros(256, 4, 3, 4, 4)
     config, seen = train.TrainConfig(), {}
 
-    def model(noisy, levels, labels, clean_estimate=None):  # the velocity whose clean prediction is exact if `levels` is right
+    def model(noisy, levels, labels, clean_estimate=None):  # an exact clean prediction if `levels` is right
         seen["levels"] = levels
         return noisy / levels[:, :, None, None, None]
 
