@@ -24,7 +24,7 @@ that writes a video chunk by chunk, attending to earlier chunks through a KV cac
 """
 import math
 import os
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict
 
 import torch
 import torch.nn as nn
