@@ -47,6 +47,8 @@ class DistillConfig:
     real_teacher: str = ""        # if set, the DMD real score's teacher alone, of any size (the ODE pairs and the
                                   # student keep `teacher`): the two-half teacher's pairs teach a fading student
                                   # (README, "Where the fade starts")
+    student_init: str = ""        # if set, the causal student starts from this causal checkpoint's weights
+                                  # (train.py --causal=1) instead of the teacher's
     plan: str = "diagonal"
     context: str = "last"
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
@@ -284,9 +286,15 @@ def main(argv):
     # moves the fake score equals the real one but for guidance; the causal student starts as the
     # all-levels net of `teacher`.
     models = dict(critic=build_model(real_state, real_config, device).train().requires_grad_(True))
+    student_weights = teacher_state["ema"]
+    if config.student_init:
+        init_state, _ = load_checkpoint(config.student_init, device, expect_config=mconfig)
+        if not init_state.get("causal"):
+            raise SystemExit(f"error: {config.student_init} is no causal net; make one with train.py --causal=1")
+        student_weights = init_state["ema"]
     for name in ("student", "ema"):
         models[name] = VideoDiT(mconfig, causal=True).to(device)
-        models[name].load_state_dict(teacher_state["ema"])
+        models[name].load_state_dict(student_weights)
     critic, student, ema = (models[k] for k in ("critic", "student", "ema"))
     ema.eval().requires_grad_(False)
     num_chunks = -(-mconfig.frames // mconfig.chunk_frames)

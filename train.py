@@ -61,6 +61,8 @@ class TrainConfig:
     motion_weight: float = 0.0  # > 0 adds the error of frame differences to the loss (see flow_matching_loss)
     frame_level_fraction: float = 0.0  # this fraction of clips gets a noise level per frame instead of one per clip
     min_level: float = 0.0     # > 0: a high-noise expert, levels uniform in [min_level, 1] (needs init_from; README)
+    causal: bool = False       # chunk-causal attention and a noise level per chunk: not a teacher but a starting
+                               # point for a streaming student (distill.py --student_init; README)
     short_frames: int = 0      # if > 0, the first short_steps steps train on clips of this many frames
     short_steps: int = 0       # (cheaper attention: many more steps for learning what frames look like)
     # bookkeeping
@@ -134,7 +136,8 @@ def learning_rate(config, step):
 
 
 def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.0, weight_floor=0.05,
-                       frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0, self_condition=False):
+                       frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0, self_condition=False,
+                       chunk_levels=False):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
     `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert), label
     dropout, noise with a `noise_correlation` share common to a clip's frames.
@@ -162,6 +165,11 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
         frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * token_levels)
         frame_levels = frame_levels.repeat_interleave(config.patch_frames, dim=1)
         levels = torch.where(own_levels[:, None], frame_levels, levels)
+    if chunk_levels:
+        # For a chunk-causal net (as in Diffusion Forcing): every chunk at its own level, so that it learns to
+        # finish a chunk after earlier chunks at any level, which is what a streaming student is asked to do.
+        chunk_draws = torch.randn(B, Fr // config.chunk_frames, generator=generator)
+        levels = torch.sigmoid(config.noise_mean + config.noise_std * chunk_draws).repeat_interleave(config.chunk_frames, 1)
     levels = levels.to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * video + s * noise
@@ -223,6 +231,8 @@ def main(argv):
     if config.min_level and config.frame_level_fraction:
         raise SystemExit("error: a high-noise expert's clips share one level; "
                          "use min_level with frame_level_fraction=0")
+    if config.causal and (config.min_level or config.frame_level_fraction):
+        raise SystemExit("error: causal=1 draws a noise level per chunk itself; use min_level=0 and frame_level_fraction=0")
     if config.min_level and not config.init_from:
         raise SystemExit("error: min_level trains the high-noise half of a finished teacher; "
                          "give that teacher as --init_from=PATH (config/ship_expert.py)")
@@ -245,8 +255,8 @@ def main(argv):
 
     mconfig = model_config(config)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = VideoDiT(mconfig, causal=False).to(device)
-    ema = VideoDiT(mconfig, causal=False).to(device).requires_grad_(False)
+    model = VideoDiT(mconfig, causal=config.causal).to(device)
+    ema = VideoDiT(mconfig, causal=config.causal).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     # fused: one pass over all parameters instead of several small ops per parameter tensor
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay,
@@ -294,7 +304,7 @@ def main(argv):
               f"{world} process(es), {torch.get_num_threads()} thread(s) each, {'bf16 autocast' if use_bf16 else 'float32'}, from {origin}")
 
     def checkpoint():
-        save_checkpoint(dict(model_config=asdict(mconfig), causal=False, train_config=asdict(config),
+        save_checkpoint(dict(model_config=asdict(mconfig), causal=config.causal, train_config=asdict(config),
                              model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                              rng=rng.get_state(), step=step, losses=losses), ckpt_path)
         plot_losses(losses, os.path.join(config.out_dir, "loss.png"))
@@ -316,7 +326,7 @@ def main(argv):
             loss = flow_matching_loss(forward_model, video, labels, config, noise_generator,
                                       config.motion_weight, config.weight_floor, config.frame_level_fraction,
                                       config.noise_correlation, min_level=config.min_level,
-                                      self_condition=config.self_condition)
+                                      self_condition=config.self_condition, chunk_levels=config.causal)
         mean_loss = loss.detach().clone()
         if ddp:  # every rank sees the same mean, so a NaN anywhere stops all of them
             dist.all_reduce(mean_loss)

@@ -9,7 +9,7 @@ import torch
 
 import distill
 import train
-from model import VideoDiT, load_checkpoint
+from model import VideoDiT, build_model, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "config", "tiny.py")
@@ -304,3 +304,39 @@ def test_chunk_mean_anchor_leaves_the_motion_inside_a_chunk_free(teacher):
 
     assert loss(moved, True).item() == pytest.approx(loss(states, True).item(), rel=1e-5)
     assert loss(moved, False).item() > 1.1 * loss(states, False).item()
+
+
+def test_a_causal_net_trained_with_a_level_per_chunk_is_where_a_student_can_start(teacher, tmp_path, monkeypatch):
+    """train.py --causal=1: the net is chunk-causal and every chunk is noised at its own level (the model
+    is told the levels it was noised at); distill.py --student_init starts the student at its weights and
+    refuses a teacher, which is no causal net."""
+    config = train.TrainConfig(frames=6, chunk_frames=2)
+    video, seen = torch.zeros(64, 6, 3, 4, 4), {}
+
+    def model(noisy, levels, labels, clean_estimate=None):  # an exact clean prediction if `levels` is right
+        seen["levels"] = levels
+        return noisy / levels[:, :, None, None, None]
+    labels = torch.zeros(64, dtype=torch.long)
+    loss = train.flow_matching_loss(model, video, labels, config, torch.Generator().manual_seed(0), chunk_levels=True)
+    assert loss.item() < 1e-10
+    levels = seen["levels"]
+    assert torch.equal(levels[:, 0::2], levels[:, 1::2])                  # one level per chunk ...
+    assert (levels[:, 0] != levels[:, 2]).all() and (levels[:, 2] != levels[:, 4]).all()  # ... each its own
+
+    train.main([TINY, "--causal=1", f"--init_from={teacher}", f"--out_dir={tmp_path / 'causal'}"])
+    causal_path = str(tmp_path / "causal" / "ckpt.pt")
+    state, model_config = load_checkpoint(causal_path)
+    net = build_model(state, model_config)
+    assert state["causal"] and net.causal
+    started = {}
+    real_regression = distill.ode_loss
+
+    def remember_the_start(student, *args, **kwargs):  # the student's weights at its first stage-1 step
+        started.setdefault("weights", {k: v.clone() for k, v in student.state_dict().items()})
+        return real_regression(student, *args, **kwargs)
+    monkeypatch.setattr(distill, "ode_loss", remember_the_start)
+    distill.main(tiny_args(teacher, tmp_path / "student", f"--student_init={causal_path}"))
+    for name, weights in state["ema"].items():
+        assert torch.equal(started["weights"][name], weights), name
+    with pytest.raises(SystemExit, match="no causal net"):
+        distill.main(tiny_args(teacher, tmp_path / "refused", f"--student_init={teacher}"))
