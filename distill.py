@@ -284,13 +284,13 @@ def main(argv):
     real_teacher = build_model(real_state, real_config, device) if config.real_teacher else teacher
     # The critic starts as the real score's teacher, both halves if it has two, so that before the student
     # moves the fake score equals the real one but for guidance; the causal student starts as the
-    # all-levels net of `teacher`.
+    # all-levels net of `teacher`, or as `student_init`.
     models = dict(critic=build_model(real_state, real_config, device).train().requires_grad_(True))
     student_weights = teacher_state["ema"]
-    if config.student_init:
-        init_state, _ = load_checkpoint(config.student_init, device, expect_config=mconfig)
-        if not init_state.get("causal"):
-            raise SystemExit(f"error: {config.student_init} is no causal net; make one with train.py --causal=1")
+    if config.student_init and not config.resume:  # a resumed run has its student in its own checkpoint
+        init_state, _ = load_checkpoint(config.student_init, device, expect_config=mconfig, settings=())
+        if not init_state.get("train_config", {}).get("causal"):
+            raise SystemExit(f"error: {config.student_init} is no train.py causal net; make one with train.py --causal=1")
         student_weights = init_state["ema"]
     for name in ("student", "ema"):
         models[name] = VideoDiT(mconfig, causal=True).to(device)

@@ -5,7 +5,8 @@ Rectified flow (PAPER.md, "Setting"): mix a clean clip x0 with Gaussian noise ep
 x_s = (1 - s) x0 + s eps, and regress the velocity v = eps - x0. Every frame of a clip gets the same
 level here (the teacher is a plain video diffusion model); the label is dropped 10% of the time so
 that sampling can use classifier-free guidance. The result is the "undistilled model" that the
-distilled student (distill.py) is measured against.
+distilled student (distill.py) is measured against. With --causal=1 the same loop trains a
+chunk-causal net instead, a starting point for the student (distill.py --student_init).
 
     python train.py config/cpu.py                    # a laptop run (see README for time and loss)
     python train.py config/cpu.py --steps=500 --lr=1e-3
@@ -139,7 +140,8 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
                        frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0, self_condition=False,
                        chunk_levels=False):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
-    `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert), label
+    `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert; or per
+    chunk, with `chunk_levels`), label
     dropout, noise with a `noise_correlation` share common to a clip's frames.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
@@ -233,6 +235,9 @@ def main(argv):
                          "use min_level with frame_level_fraction=0")
     if config.causal and (config.min_level or config.frame_level_fraction):
         raise SystemExit("error: causal=1 draws a noise level per chunk itself; use min_level=0 and frame_level_fraction=0")
+    if config.causal and any(frames % config.chunk_frames for frames in (config.frames, config.short_frames)):
+        raise SystemExit(f"error: causal=1 draws a level per chunk of {config.chunk_frames} frames; make frames "
+                         f"({config.frames}) and short_frames ({config.short_frames}) multiples of chunk_frames")
     if config.min_level and not config.init_from:
         raise SystemExit("error: min_level trains the high-noise half of a finished teacher; "
                          "give that teacher as --init_from=PATH (config/ship_expert.py)")
@@ -266,6 +271,9 @@ def main(argv):
     ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
     if config.resume:
         state, _ = load_checkpoint(ckpt_path, device, expect_config=mconfig)
+        if state.get("causal", False) != config.causal:  # the same weights either way: only this flag tells
+            raise SystemExit(f"error: {ckpt_path} was trained with causal={int(state['causal'])}; "
+                             f"resume with --causal={int(state['causal'])}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -277,8 +285,9 @@ def main(argv):
                              "overwrite; pick another --out_dir, or continue it with --resume=1")
         state, source_config = load_checkpoint(config.init_from, device, expect_config=mconfig,
                                                settings=("noise_correlation", "self_condition"))
-        if state.get("causal"):
-            raise SystemExit(f"error: {config.init_from!r} is a causal student; --init_from takes a teacher checkpoint")
+        if state.get("causal") and not (config.causal and state.get("train_config", {}).get("causal")):
+            raise SystemExit(f"error: {config.init_from!r} is a causal net; --init_from takes a teacher checkpoint "
+                             "(or, with --causal=1, a train.py --causal=1 checkpoint)")
         if "expert" in state:
             raise SystemExit(f"error: {config.init_from!r} holds two networks (a high-noise expert); start from the "
                              "one-network checkpoint it was made from")
@@ -300,7 +309,7 @@ def main(argv):
         forward_model = torch.compile(forward_model)
     origin = f"the weights of {config.init_from}" if config.init_from and not config.resume else f"step {step}"
     if master:
-        print(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
+        print(f"{'causal net' if config.causal else 'teacher'}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
               f"{world} process(es), {torch.get_num_threads()} thread(s) each, {'bf16 autocast' if use_bf16 else 'float32'}, from {origin}")
 
     def checkpoint():
@@ -308,7 +317,7 @@ def main(argv):
                              model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                              rng=rng.get_state(), step=step, losses=losses), ckpt_path)
         plot_losses(losses, os.path.join(config.out_dir, "loss.png"))
-        labels = torch.arange(8, device=device) % NUM_LABELS
+        labels = torch.arange(8, device=device) % NUM_LABELS  # a causal net: all chunks at once, not streamed
         video = sample_teacher(sampler, labels, config.frames, config.sample_steps)
         save_gif((video.float().cpu() + 1) / 2, os.path.join(config.out_dir, f"samples_{step:06d}.gif"))
 

@@ -308,8 +308,8 @@ def test_chunk_mean_anchor_leaves_the_motion_inside_a_chunk_free(teacher):
 
 def test_a_causal_net_trained_with_a_level_per_chunk_is_where_a_student_can_start(teacher, tmp_path, monkeypatch):
     """train.py --causal=1: the net is chunk-causal and every chunk is noised at its own level (the model
-    is told the levels it was noised at); distill.py --student_init starts the student at its weights and
-    refuses a teacher, which is no causal net."""
+    is told the levels it was noised at), resumed only as a causal net; distill.py --student_init starts the
+    student at its weights and refuses a teacher, which is no causal net."""
     config = train.TrainConfig(frames=6, chunk_frames=2)
     video, seen = torch.zeros(64, 6, 3, 4, 4), {}
 
@@ -323,11 +323,23 @@ def test_a_causal_net_trained_with_a_level_per_chunk_is_where_a_student_can_star
     assert torch.equal(levels[:, 0::2], levels[:, 1::2])                  # one level per chunk ...
     assert (levels[:, 0] != levels[:, 2]).all() and (levels[:, 2] != levels[:, 4]).all()  # ... each its own
 
+    trained, real_loss = {}, train.flow_matching_loss
+
+    def remember_the_training(model, *args, chunk_levels=False, **kwargs):
+        trained.setdefault("causal", (model.causal, chunk_levels))
+        return real_loss(model, *args, chunk_levels=chunk_levels, **kwargs)
+    monkeypatch.setattr(train, "flow_matching_loss", remember_the_training)
     train.main([TINY, "--causal=1", f"--init_from={teacher}", f"--out_dir={tmp_path / 'causal'}"])
+    assert trained["causal"] == (True, True)                              # a causal net, a level per chunk
     causal_path = str(tmp_path / "causal" / "ckpt.pt")
     state, model_config = load_checkpoint(causal_path)
-    net = build_model(state, model_config)
-    assert state["causal"] and net.causal
+    assert state["causal"] and build_model(state, model_config).causal
+    teacher_weights = load_checkpoint(teacher)[0]["ema"]
+    assert any(not torch.equal(state["ema"][name], teacher_weights[name]) for name in teacher_weights)
+    with pytest.raises(SystemExit, match="resume with --causal=1"):
+        train.main([TINY, "--resume=1", f"--out_dir={tmp_path / 'causal'}"])
+    with pytest.raises(SystemExit, match="multiples of chunk_frames"):
+        train.main([TINY, "--causal=1", "--frames=5", f"--out_dir={tmp_path / 'odd'}"])
     started = {}
     real_regression = distill.ode_loss
 
@@ -338,5 +350,5 @@ def test_a_causal_net_trained_with_a_level_per_chunk_is_where_a_student_can_star
     distill.main(tiny_args(teacher, tmp_path / "student", f"--student_init={causal_path}"))
     for name, weights in state["ema"].items():
         assert torch.equal(started["weights"][name], weights), name
-    with pytest.raises(SystemExit, match="no causal net"):
+    with pytest.raises(SystemExit, match="no train.py causal net"):
         distill.main(tiny_args(teacher, tmp_path / "refused", f"--student_init={teacher}"))
