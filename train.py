@@ -140,9 +140,9 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
                        frame_level_fraction=0.0, noise_correlation=0.0, min_level=0.0, self_condition=False,
                        chunk_levels=False):
     """Rectified flow on whole clips: one logit-normal noise level per clip (or per frame, for a
-    `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert; or per
-    chunk, with `chunk_levels`), label
-    dropout, noise with a `noise_correlation` share common to a clip's frames.
+    `frame_level_fraction` of the clips; or uniform from `min_level` to 1, for a high-noise expert; or
+    per chunk, with `chunk_levels`), label dropout, noise with a `noise_correlation` share common to a
+    clip's frames.
     The loss is on the velocity, i.e. on the clean prediction weighted by 1 / level^2, with the weight
     capped at level `weight_floor` so the rare nearly-clean clips do not dominate."""
     B, Fr = video.shape[:2]
@@ -170,8 +170,9 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
     if chunk_levels:
         # For a chunk-causal net (as in Diffusion Forcing): every chunk at its own level, so that it learns to
         # finish a chunk after earlier chunks at any level, which is what a streaming student is asked to do.
-        chunk_draws = torch.randn(B, Fr // config.chunk_frames, generator=generator)
-        levels = torch.sigmoid(config.noise_mean + config.noise_std * chunk_draws).repeat_interleave(config.chunk_frames, 1)
+        per_chunk = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, Fr // config.chunk_frames,
+                                                                                     generator=generator))
+        levels = per_chunk.repeat_interleave(config.chunk_frames, dim=1)
     levels = levels.to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * video + s * noise
@@ -271,9 +272,9 @@ def main(argv):
     ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
     if config.resume:
         state, _ = load_checkpoint(ckpt_path, device, expect_config=mconfig)
-        if state.get("causal", False) != config.causal:  # the same weights either way: only this flag tells
-            raise SystemExit(f"error: {ckpt_path} was trained with causal={int(state['causal'])}; "
-                             f"resume with --causal={int(state['causal'])}")
+        was_causal = int(state.get("causal", False))  # the same weights either way: only this flag tells
+        if was_causal != config.causal:
+            raise SystemExit(f"error: {ckpt_path} was trained with causal={was_causal}; resume with --causal={was_causal}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -309,7 +310,8 @@ def main(argv):
         forward_model = torch.compile(forward_model)
     origin = f"the weights of {config.init_from}" if config.init_from and not config.resume else f"step {step}"
     if master:
-        print(f"{'causal net' if config.causal else 'teacher'}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
+        kind = "causal net" if config.causal else "teacher"
+        print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, "
               f"{world} process(es), {torch.get_num_threads()} thread(s) each, {'bf16 autocast' if use_bf16 else 'float32'}, from {origin}")
 
     def checkpoint():
