@@ -148,13 +148,16 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
     B, Fr = video.shape[:2]
     device = video.device
     noise = clip_noise(video.shape, noise_correlation, generator).to(device)
+
+    def logit_normal(*shape):  # the teacher's noise-level distribution, per clip, frame or chunk
+        return torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(*shape, generator=generator))
+
     if min_level > 0:
         # An expert for the high levels only, where a clip's layout and tracks are decided (README, "A second
         # teacher for the high noise levels"); below min_level the sampler hands over to the all-levels teacher.
         levels = (min_level + (1 - min_level) * torch.rand(B, generator=generator))[:, None].expand(B, Fr)
     else:
-        levels = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, generator=generator))
-        levels = levels[:, None].expand(B, Fr)
+        levels = logit_normal(B)[:, None].expand(B, Fr)
     drop = (torch.rand(B, generator=generator) < config.label_dropout).to(device)
     labels = torch.where(drop, NUM_LABELS, labels)  # the null label: what guidance contrasts against
     if frame_level_fraction > 0:
@@ -163,16 +166,12 @@ def flow_matching_loss(model, video, labels, config, generator, motion_weight=0.
         # pop in and out lacks. The sampler still gives every frame of a clip the same level. Tried
         # at full length it made the popping worse (README, "Objects that pop in and out"): off by default.
         own_levels = torch.rand(B, generator=generator) < frame_level_fraction
-        token_levels = torch.randn(B, Fr // config.patch_frames, generator=generator)  # one per token frame
-        frame_levels = torch.sigmoid(config.noise_mean + config.noise_std * token_levels)
-        frame_levels = frame_levels.repeat_interleave(config.patch_frames, dim=1)
+        frame_levels = logit_normal(B, Fr // config.patch_frames).repeat_interleave(config.patch_frames, dim=1)
         levels = torch.where(own_levels[:, None], frame_levels, levels)
     if chunk_levels:
         # For a chunk-causal net (as in Diffusion Forcing): every chunk at its own level, so that it learns to
         # finish a chunk after earlier chunks at any level, which is what a streaming student is asked to do.
-        per_chunk = torch.sigmoid(config.noise_mean + config.noise_std * torch.randn(B, Fr // config.chunk_frames,
-                                                                                     generator=generator))
-        levels = per_chunk.repeat_interleave(config.chunk_frames, dim=1)
+        levels = logit_normal(B, Fr // config.chunk_frames).repeat_interleave(config.chunk_frames, dim=1)
     levels = levels.to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * video + s * noise
@@ -319,7 +318,8 @@ def main(argv):
                              model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                              rng=rng.get_state(), step=step, losses=losses), ckpt_path)
         plot_losses(losses, os.path.join(config.out_dir, "loss.png"))
-        labels = torch.arange(8, device=device) % NUM_LABELS  # a causal net: all chunks at once, not streamed
+        labels = torch.arange(8, device=device) % NUM_LABELS
+        # (a causal net's samples here denoise all chunks together: a picture of the net, not of a stream)
         video = sample_teacher(sampler, labels, config.frames, config.sample_steps)
         save_gif((video.float().cpu() + 1) / 2, os.path.join(config.out_dir, f"samples_{step:06d}.gif"))
 
