@@ -47,8 +47,7 @@ class DistillConfig:
     real_teacher: str = ""        # if set, the DMD real score's teacher alone, of any size (the ODE pairs and the
                                   # student keep `teacher`): the two-half teacher's pairs teach a fading student
                                   # (README, "Where the fade starts")
-    student_init: str = ""        # if set, the causal student starts from this causal checkpoint's weights
-                                  # (train.py --causal=1) instead of the teacher's
+    student_init: str = ""        # if set, a train.py --causal=1 checkpoint the student starts from (not the teacher)
     plan: str = "diagonal"
     context: str = "last"
     align: bool = True            # False: train with clean context, infer with the plan's rule (ablation)
