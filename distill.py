@@ -83,6 +83,8 @@ class DistillConfig:
     critic_motion_weight: float = 0.0  # the critic's flow-matching loss: train.py's motion_weight and
     critic_weight_floor: float = 0.05  # weight_floor (the shipped teacher's 4 and 0.5 read worse: README)
     label_dropout: float = 0.0    # the critic is only ever asked conditional questions
+    second_look: bool = True      # a self-conditioned real score and critic read their own first estimate, as
+                                  # the teacher's sampler does; off, they read zeros: a worse teacher (README)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema: float = 0.99
@@ -107,12 +109,16 @@ def check(config):
         raise SystemExit("error: critic_updates and batch_size must be at least 1")
 
 
-def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=1.0):
-    """The clean clip a bidirectional model sees in `video` at per-sample `levels` [B]."""
+def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=1.0, second_look=False):
+    """The clean clip a bidirectional model sees in `video` at per-sample `levels` [B]. With
+    `second_look`, a self-conditioned model reads its own first estimate beside the clip, as in training."""
     noise_levels = levels[:, None].expand(video.shape[:2])
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
-        velocity = guided_velocity(model, video, noise_levels, labels, guidance, guidance_cutoff)
-    return video - levels[:, None, None, None, None] * velocity.float()
+    clean = None
+    for _ in range(1 + (second_look and model.config.self_condition)):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
+            velocity = guided_velocity(model, video, noise_levels, labels, guidance, guidance_cutoff, clean)
+        clean = video - levels[:, None, None, None, None] * velocity.float()
+    return clean
 
 
 @torch.no_grad()
@@ -197,8 +203,8 @@ def score_predictions(teacher, critic, config, video, levels, labels, generator)
     eps = torch.randn(video.shape, generator=generator).to(video.device)
     noisy = (1 - s) * video.detach() + s * eps
     real_clean = predict_clean(teacher, noisy, levels, labels, config.real_guidance or config.guidance,
-                               config.real_guidance_cutoff or config.guidance_cutoff)
-    return predict_clean(critic, noisy, levels, labels), real_clean
+                               config.real_guidance_cutoff or config.guidance_cutoff, second_look=config.second_look)
+    return predict_clean(critic, noisy, levels, labels, second_look=config.second_look), real_clean
 
 
 def generator_loss(student, teacher, critic, config, plan, train_context, labels, generator):
@@ -227,7 +233,8 @@ def critic_loss(student, critic, config, plan, train_context, labels, generator)
     noise = NoiseSource(torch.randint(2 ** 30, (1,), generator=generator).item(), len(labels), student.config, labels.device)
     with torch.no_grad():
         video = rollout(student, plan, train_context, labels, noise)
-    return flow_matching_loss(critic, video, labels, config, generator, config.critic_motion_weight, config.critic_weight_floor)
+    return flow_matching_loss(critic, video, labels, config, generator, config.critic_motion_weight, config.critic_weight_floor,
+                              self_condition=config.second_look and critic.config.self_condition)
 
 
 def average_gradients(model, world):

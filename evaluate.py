@@ -101,7 +101,7 @@ def stream_smoothness(video, labels, frames):
 
 
 def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta, start_clips=None,
-             start_level=1.0):
+             start_level=1.0, second_look=True):
     """Videos in [0, 1] on the CPU, in seeded batches: sample_teacher for a teacher (Euler steps, with
     fresh noise at `eta` > 0; from `start_clips` in [0, 1] noised to `start_level`, if given), streaming
     for a student (with the plan and context rule it was distilled for)."""
@@ -116,7 +116,7 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance, gu
         else:
             start = None if start_clips is None else start_clips[first:first + batch_size] * 2 - 1
             video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + first, eta=eta,
-                                   start=start, start_level=start_level)
+                                   start=start, start_level=start_level, second_look=second_look)
         videos.append(((video.float().cpu() + 1) / 2).clamp(0, 1))
     return torch.cat(videos)
 
@@ -171,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--eta", type=float, default=0.0, help="teacher: share of fresh noise per step, 0 (ODE) to 1 (ancestral)")
     parser.add_argument("--start_level", type=float, default=1.0,
                         help="teacher: start from real clips noised to this level, not from noise (1)")
+    parser.add_argument("--second_look", type=int, default=1, choices=(0, 1),
+                        help="teacher: 0 hands a self-conditioned teacher zeros instead of its last estimate")
     parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
@@ -209,7 +211,7 @@ def main(argv=None):
         model = build_model(state, mconfig, device)
         start = time.perf_counter()
         video = generate(model, state, labels, frames, args.batch_size, args.seed, args.steps, args.guidance,
-                         args.guidance_cutoff, args.eta, start_clips, args.start_level)
+                         args.guidance_cutoff, args.eta, start_clips, args.start_level, bool(args.second_look))
         rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:

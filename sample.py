@@ -91,11 +91,13 @@ def clip_noise(shape, correlation, generator):
 
 @torch.no_grad()
 def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutoff=GUIDANCE_CUTOFF, shift=1.0, seed=0,
-                   eta=0.0, start=None, start_level=1.0):
+                   eta=0.0, start=None, start_level=1.0, second_look=True):
     """Euler sampling of whole clips; returns videos [N, F, 3, H, W] in [-1, 1]. With `eta` > 0 each
     step draws part of its noise afresh (see fresh_noise_step); at 0 it is the plain Euler step.
     With `start` (videos in [-1, 1]) the sampler begins from them noised to `start_level` and runs the
-    grid's steps below it (SDEdit, Meng et al., 2022): which levels decide what (README, "Where the wobble is born")."""
+    grid's steps below it (SDEdit, Meng et al., 2022): which levels decide what (README, "Where the wobble is born").
+    `second_look=False` hands a self-conditioned teacher zeros instead of its last estimate: the net as
+    distill.py's scores read it without their own --second_look."""
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be between 0 (the ODE) and 1 (ancestral sampling), got {eta}")
     if not 0 <= start_level <= 1 or (start is None and start_level != 1):
@@ -112,7 +114,7 @@ def sample_teacher(model, labels, frames, steps=50, guidance=3.0, guidance_cutof
         noise_levels = torch.full((len(labels), frames), level, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             v = guided_velocity(model, x, noise_levels, labels, guidance, guidance_cutoff, clean).float()
-        clean = x - level * v
+        clean = x - level * v if second_look else None
         if eta == 0:  # the same step as fresh_noise_step at eta 0, without drawing noise it would not use
             x = x + (next_level - level) * v
         else:

@@ -148,7 +148,7 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
     monkeypatch.setattr(distill, "teacher_trajectories",
                         lambda model, labels, frames, keep, steps, guidance, cutoff, seed: pair_guidance.append((guidance, cutoff))
                         or real_trajectories(model, labels, frames, keep, steps, guidance, cutoff, seed))
-    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None:
+    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None, second_look=False:
                         score_guidance.append((guidance, cutoff)) or real_predict(model, video, levels, labels, guidance, cutoff or 1.0))
     distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", *real_flags))
     assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance` and its cutoff
@@ -160,7 +160,7 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
 def test_critic_objective_settings_reach_its_loss(teacher, tmp_path, monkeypatch, critic_flags, expected):
     seen = []
     real_loss = distill.flow_matching_loss
-    monkeypatch.setattr(distill, "flow_matching_loss", lambda model, video, labels, config, generator, motion_weight, weight_floor:
+    monkeypatch.setattr(distill, "flow_matching_loss", lambda model, video, labels, config, generator, motion_weight, weight_floor, **_:
                         seen.append((motion_weight, weight_floor)) or real_loss(model, video, labels, config, generator, motion_weight, weight_floor))
     distill.main(tiny_args(teacher, tmp_path, *critic_flags))
     assert seen and set(seen) == {expected}
@@ -174,8 +174,8 @@ def test_flow_loss_reads_the_scores_at_its_own_levels(teacher, tmp_path, monkeyp
     def level_of(clean):
         return next(level for seen, level in predictions if seen is clean)
 
-    def predict(model, video, levels, labels, *guidance):
-        clean = real_predict(model, video, levels, labels, *guidance)
+    def predict(model, video, levels, labels, *guidance, **second_look):
+        clean = real_predict(model, video, levels, labels, *guidance, **second_look)
         predictions.append((clean, levels.mean().item()))
         return clean
     monkeypatch.setattr(distill, "predict_clean", predict)
@@ -212,6 +212,47 @@ def test_a_teacher_with_a_high_noise_expert_gives_real_and_fake_scores_as_two_ha
         critic_weights = torch.load(tmp_path / run / "ckpt.pt", weights_only=False)["critic"]
         for half, start in (("high", expert_weights), ("low", torch.load(teacher, weights_only=False)["ema"])):
             assert any(not torch.equal(critic_weights[f"{half}.{name}"], weight) for name, weight in start.items()), half
+
+
+def test_second_look_gives_a_self_conditioned_score_its_own_first_estimate(teacher, tmp_path, monkeypatch):
+    """--second_look=1 (the default): the real score and the critic of a self-conditioned teacher look
+    twice, as its sampler does, the second pass reading the clean clip the first (guided) pass implied;
+    the critic also trains with train.py's second look. Off, or for a plain net, one pass, no estimate."""
+    from model import ModelConfig
+    from sample import guided_velocity
+    torch.manual_seed(0)
+    net = VideoDiT(ModelConfig(image_size=8, frames=4, width=32, depth=1, heads=2, num_labels=train.NUM_LABELS,
+                               self_condition=True))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    video, levels, labels = torch.randn(2, 4, 3, 8, 8), torch.tensor([0.3, 0.8]), torch.tensor([0, 1])
+    noise_levels, s = levels[:, None].expand(2, 4), levels[:, None, None, None, None]
+    estimates, forward = [], net.forward
+    monkeypatch.setattr(net, "forward", lambda *args, clean_estimate=None: estimates.append(clean_estimate)
+                        or forward(*args, clean_estimate=clean_estimate))
+    with torch.no_grad():
+        once = video - s * guided_velocity(net, video, noise_levels, labels, 3.0, 1.0)
+        twice = video - s * guided_velocity(net, video, noise_levels, labels, 3.0, 1.0, once)
+        estimates.clear()
+        assert torch.allclose(distill.predict_clean(net, video, levels, labels, 3.0, 1.0, second_look=True), twice)
+        assert estimates[0] is None and len(estimates) == 2 and not torch.allclose(once, twice)
+        estimates.clear()
+        assert torch.allclose(distill.predict_clean(net, video, levels, labels, 3.0, 1.0), once) and estimates == [None]
+        plain = VideoDiT(ModelConfig(image_size=8, frames=4, width=32, depth=1, heads=2, num_labels=train.NUM_LABELS))
+        assert torch.equal(distill.predict_clean(plain, video, levels, labels, second_look=True),
+                           distill.predict_clean(plain, video, levels, labels))
+
+    # the switch reaches both scores and the critic's training, for a self-conditioned teacher
+    train.main([TINY, "--self_condition=1", f"--out_dir={tmp_path / 'sc'}"])
+    real_predict, real_loss = distill.predict_clean, distill.flow_matching_loss
+    for flag in (0, 1):
+        looks, critic_looks = set(), set()
+        monkeypatch.setattr(distill, "predict_clean", lambda *args, second_look=False, **kwargs: looks.add(second_look)
+                            or real_predict(*args, second_look=second_look, **kwargs))
+        monkeypatch.setattr(distill, "flow_matching_loss", lambda *args, self_condition=False: critic_looks.add(self_condition)
+                            or real_loss(*args, self_condition=self_condition))
+        distill.main(tiny_args(str(tmp_path / "sc" / "ckpt.pt"), tmp_path / f"look{flag}", f"--second_look={flag}"))
+        assert looks == critic_looks == {bool(flag)}
 
 
 def test_a_real_score_teacher_of_another_size_gives_the_critic_its_size(teacher, tmp_path, monkeypatch):

@@ -210,7 +210,8 @@ class Recorder(torch.nn.Module):
 def test_self_conditioning_reads_the_nets_own_estimate_in_training_and_sampling():
     """Training: a first pass without gradient estimates the clean clip for some of the clips, the
     second pass reads it (zeros for the rest) and trains the weights that read it. Sampling and the ODE
-    pairs of distillation: each step reads the clean estimate the step before implied, the first step none."""
+    pairs of distillation: each step reads the clean estimate the step before implied, the first step none
+    (and no step, with the sampler's second look switched off)."""
     model, video = Recorder(), torch.randn(8, 4, 3, 8, 8)
     labels, generator = torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0)
     loss = train.flow_matching_loss(model, video, labels, train.TrainConfig(), generator, self_condition=True)
@@ -231,6 +232,9 @@ def test_self_conditioning_reads_the_nets_own_estimate_in_training_and_sampling(
         for before, after in zip(model.calls[:-1], model.calls[1:]):
             level = before["levels"][:, :, None, None, None]
             assert torch.allclose(after["estimate"], before["video"] - level * before["velocity"])
+    model.calls.clear()
+    sample_teacher(model, labels[:2], 4, steps=3, guidance=1.0, second_look=False)  # the net without its second look
+    assert len(model.calls) >= 3 and all(call["estimate"] is None for call in model.calls)
 
 
 def test_self_conditioning_starts_as_the_teacher_it_widens(tmp_path):
