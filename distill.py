@@ -84,7 +84,8 @@ class DistillConfig:
     critic_weight_floor: float = 0.05  # weight_floor (the shipped teacher's 4 and 0.5 read worse: README)
     label_dropout: float = 0.0    # the critic is only ever asked conditional questions
     second_look: bool = True      # a self-conditioned real score and critic read their own first estimate, as
-                                  # the teacher's sampler does; off, they read zeros: a worse teacher (README)
+                                  # the teacher's sampler does; off, zeros: a worse teacher (EXPERIMENTS.md,
+                                  # "The scores' second look")
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema: float = 0.99
@@ -111,10 +112,11 @@ def check(config):
 
 def predict_clean(model, video, levels, labels, guidance=1.0, guidance_cutoff=1.0, second_look=False):
     """The clean clip a bidirectional model sees in `video` at per-sample `levels` [B]. With
-    `second_look`, a self-conditioned model reads its own first estimate beside the clip, as in training."""
+    `second_look`, a self-conditioned model reads its own first (guided) estimate beside the clip, as
+    the teacher's sampler does."""
     noise_levels = levels[:, None].expand(video.shape[:2])
     clean = None
-    for _ in range(1 + (second_look and model.config.self_condition)):
+    for _ in range(2 if second_look and model.config.self_condition else 1):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
             velocity = guided_velocity(model, video, noise_levels, labels, guidance, guidance_cutoff, clean)
         clean = video - levels[:, None, None, None, None] * velocity.float()
@@ -233,8 +235,8 @@ def critic_loss(student, critic, config, plan, train_context, labels, generator)
     noise = NoiseSource(torch.randint(2 ** 30, (1,), generator=generator).item(), len(labels), student.config, labels.device)
     with torch.no_grad():
         video = rollout(student, plan, train_context, labels, noise)
-    return flow_matching_loss(critic, video, labels, config, generator, config.critic_motion_weight, config.critic_weight_floor,
-                              self_condition=config.second_look and critic.config.self_condition)
+    return flow_matching_loss(critic, video, labels, config, generator, config.critic_motion_weight,
+                              config.critic_weight_floor, self_condition=config.second_look and critic.config.self_condition)
 
 
 def average_gradients(model, world):
@@ -327,6 +329,10 @@ def main(argv):
             optimizer.load_state_dict(state[name])
             for group in optimizer.param_groups:
                 group["lr"] = lr  # a resumed run may change its learning rates; the saved state would overrule them
+        began_with = state["train_config"].get("second_look", False)  # checkpoints from before the switch read zeros
+        if real_config.self_condition and state["losses"]["dmd"] and began_with != config.second_look:
+            raise SystemExit(f"error: {ckpt_path}'s DMD steps read the scores with --second_look={int(began_with)}; "
+                             "resume with it")
         rng.set_state(state["rng"])
         step, losses = state["step"], state["losses"]
 

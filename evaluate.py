@@ -20,7 +20,9 @@ plan and context rule, read from its checkpoint):
   frames) give track jitter and area change over streams past the training length.
 
 With `--start_level S` a teacher does not sample from noise but finishes real clips noised to level S
-(SDEdit): which of its steps make which faults (README, "Where the wobble is born").
+(SDEdit): which of its steps make which faults (README, "Where the wobble is born"). With
+`--second_look 0` a self-conditioned teacher gets zeros instead of its last estimate: the net that
+distill.py's scores were before their own second look (EXPERIMENTS.md, "The scores' second look").
 
 Plus three pictures: quality over time on long rollouts (the paper's "average quality over time"
 figure), NFE against Frechet distance, and the chunk rhythm (mean step from each frame to the next).
@@ -230,7 +232,8 @@ def main(argv=None):
           f"device {device}; the real-data row is a second real set against the reference; a teacher takes {args.steps} "
           f"steps, guidance {args.guidance} up to level {args.guidance_cutoff}, eta {args.eta}, from "
           + ("noise" if start_clips is None else
-             f"real clips (seed {40_000 + args.seed}) noised to level {args.start_level}"))
+             f"real clips (seed {40_000 + args.seed}) noised to level {args.start_level}")
+          + ("" if args.second_look else ", a self-conditioned one without its second look"))
     for columns in (["nfe", "cleanliness", "objects_per_frame", "object_error", "label_agreement", "track_jitter",
                      "area_change", "frechet", "amplitude_ratio", "coherence", "saturation_slope", "saturation_drift",
                      "stream_jitter", "stream_area_change"],

@@ -148,8 +148,9 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
     monkeypatch.setattr(distill, "teacher_trajectories",
                         lambda model, labels, frames, keep, steps, guidance, cutoff, seed: pair_guidance.append((guidance, cutoff))
                         or real_trajectories(model, labels, frames, keep, steps, guidance, cutoff, seed))
-    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None, second_look=False:
-                        score_guidance.append((guidance, cutoff)) or real_predict(model, video, levels, labels, guidance, cutoff or 1.0))
+    monkeypatch.setattr(distill, "predict_clean", lambda model, video, levels, labels, guidance=1.0, cutoff=None, **look:
+                        score_guidance.append((guidance, cutoff))
+                        or real_predict(model, video, levels, labels, guidance, cutoff or 1.0, **look))
     distill.main(tiny_args(teacher, tmp_path, "--guidance=2", "--guidance_cutoff=0.6", *real_flags))
     assert pair_guidance and set(pair_guidance) == {(2.0, 0.6)}  # the ODE pairs keep `guidance` and its cutoff
     # the critic unguided; the real score with the pairs' settings unless given its own
@@ -160,8 +161,10 @@ def test_guidance_settings_reach_the_pairs_and_the_real_score(teacher, tmp_path,
 def test_critic_objective_settings_reach_its_loss(teacher, tmp_path, monkeypatch, critic_flags, expected):
     seen = []
     real_loss = distill.flow_matching_loss
-    monkeypatch.setattr(distill, "flow_matching_loss", lambda model, video, labels, config, generator, motion_weight, weight_floor, **_:
-                        seen.append((motion_weight, weight_floor)) or real_loss(model, video, labels, config, generator, motion_weight, weight_floor))
+    monkeypatch.setattr(distill, "flow_matching_loss",
+                        lambda model, video, labels, config, generator, motion_weight, weight_floor, **look:
+                        seen.append((motion_weight, weight_floor))
+                        or real_loss(model, video, labels, config, generator, motion_weight, weight_floor, **look))
     distill.main(tiny_args(teacher, tmp_path, *critic_flags))
     assert seen and set(seen) == {expected}
 
@@ -239,20 +242,27 @@ def test_second_look_gives_a_self_conditioned_score_its_own_first_estimate(teach
         estimates.clear()
         assert torch.allclose(distill.predict_clean(net, video, levels, labels, 3.0, 1.0), once) and estimates == [None]
         plain = VideoDiT(ModelConfig(image_size=8, frames=4, width=32, depth=1, heads=2, num_labels=train.NUM_LABELS))
-        assert torch.equal(distill.predict_clean(plain, video, levels, labels, second_look=True),
-                           distill.predict_clean(plain, video, levels, labels))
+        plain_estimates, plain_forward = [], plain.forward
+        monkeypatch.setattr(plain, "forward", lambda *args, clean_estimate=None: plain_estimates.append(clean_estimate)
+                            or plain_forward(*args, clean_estimate=clean_estimate))
+        distill.predict_clean(plain, video, levels, labels, 3.0, 1.0, second_look=True)
+        assert plain_estimates == [None]
 
-    # the switch reaches both scores and the critic's training, for a self-conditioned teacher
+    # the switch reaches both scores and the critic's training of a self-conditioned teacher, not a plain one's
     train.main([TINY, "--self_condition=1", f"--out_dir={tmp_path / 'sc'}"])
     real_predict, real_loss = distill.predict_clean, distill.flow_matching_loss
-    for flag in (0, 1):
+    for teacher_path, flag, critic_look in ((tmp_path / "sc" / "ckpt.pt", 0, False), (tmp_path / "sc" / "ckpt.pt", 1, True),
+                                            (teacher, 1, False)):
         looks, critic_looks = set(), set()
         monkeypatch.setattr(distill, "predict_clean", lambda *args, second_look=False, **kwargs: looks.add(second_look)
                             or real_predict(*args, second_look=second_look, **kwargs))
-        monkeypatch.setattr(distill, "flow_matching_loss", lambda *args, self_condition=False: critic_looks.add(self_condition)
-                            or real_loss(*args, self_condition=self_condition))
-        distill.main(tiny_args(str(tmp_path / "sc" / "ckpt.pt"), tmp_path / f"look{flag}", f"--second_look={flag}"))
-        assert looks == critic_looks == {bool(flag)}
+        monkeypatch.setattr(distill, "flow_matching_loss", lambda *args, self_condition=False:
+                            critic_looks.add(self_condition) or real_loss(*args, self_condition=self_condition))
+        distill.main(tiny_args(str(teacher_path), tmp_path / f"look{flag}{critic_look}", f"--second_look={flag}"))
+        assert looks == {bool(flag)} and critic_looks == {critic_look}
+    # a run whose DMD steps read zeros does not quietly go on with a second look
+    with pytest.raises(SystemExit, match="second_look=0"):
+        distill.main(tiny_args(str(tmp_path / "sc" / "ckpt.pt"), tmp_path / "look0False", "--second_look=1", "--resume=1"))
 
 
 def test_a_real_score_teacher_of_another_size_gives_the_critic_its_size(teacher, tmp_path, monkeypatch):
