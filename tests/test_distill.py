@@ -251,8 +251,8 @@ def test_second_look_gives_a_self_conditioned_score_its_own_first_estimate(teach
     # the switch reaches both scores and the critic's training of a self-conditioned teacher, not a plain one's
     train.main([TINY, "--self_condition=1", f"--out_dir={tmp_path / 'sc'}"])
     real_predict, real_loss = distill.predict_clean, distill.flow_matching_loss
-    for teacher_path, flag, critic_look in ((tmp_path / "sc" / "ckpt.pt", 0, False), (tmp_path / "sc" / "ckpt.pt", 1, True),
-                                            (teacher, 1, False)):
+    self_conditioned = tmp_path / "sc" / "ckpt.pt"
+    for teacher_path, flag, critic_look in ((self_conditioned, 0, False), (self_conditioned, 1, True), (teacher, 1, False)):
         looks, critic_looks = set(), set()
         monkeypatch.setattr(distill, "predict_clean", lambda *args, second_look=False, **kwargs: looks.add(second_look)
                             or real_predict(*args, second_look=second_look, **kwargs))
@@ -262,7 +262,7 @@ def test_second_look_gives_a_self_conditioned_score_its_own_first_estimate(teach
         assert looks == {bool(flag)} and critic_looks == {critic_look}
     # a run whose DMD steps read zeros does not quietly go on with a second look
     with pytest.raises(SystemExit, match="second_look=0"):
-        distill.main(tiny_args(str(tmp_path / "sc" / "ckpt.pt"), tmp_path / "look0False", "--second_look=1", "--resume=1"))
+        distill.main(tiny_args(str(self_conditioned), tmp_path / "look0False", "--second_look=1", "--resume=1"))
 
 
 def test_a_real_score_teacher_of_another_size_gives_the_critic_its_size(teacher, tmp_path, monkeypatch):
