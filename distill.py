@@ -250,6 +250,14 @@ def average_gradients(model, world):
 
 
 def update(model, optimizer, loss, grad_clip, world):
+    """One optimiser step. A non-finite loss on any process stops every process before a weight changes:
+    the gradients are averaged, so one process's NaN would reach every copy, and then a checkpoint."""
+    finite = torch.isfinite(loss.detach()).float()
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite:
+        raise SystemExit(f"error: a loss became non-finite ({loss.item()}); lower the learning rates or resume "
+                         f"from the last checkpoint")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(model, world)
@@ -389,9 +397,6 @@ def main(argv):
                                 ("regression", anchor.item())):
                 losses.setdefault(name, []).append(value)
             shown = {name: losses[name][-1] for name in ("dmd", "flow", "critic", "regression")}
-        if not all(math.isfinite(v) for v in shown.values()):
-            raise SystemExit(f"error: a loss became non-finite at step {step} ({shown}); lower the learning rates "
-                             f"or resume from the last checkpoint")
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), student.parameters()):
                 p_ema.lerp_(p, 1 - config.ema)

@@ -16,8 +16,9 @@ that writes a video chunk by chunk, attending to earlier chunks through a KV cac
   ends up further back than anything seen in training).
 - Conditioning: adaLN-Zero on a *per-frame* noise level plus the clip's label, because the
   streaming schedules give each chunk its own noise level.
-- Attention mask, one rule for every case: a query in chunk q sees a key in chunk c if c <= q
-  (causal only) and c is a sink chunk or one of the `window_chunks` most recent (q - window < c).
+- Attention mask: a causal query in chunk q sees a key in chunk c if c <= q and c is a sink chunk or
+  one of the `window_chunks` most recent (q - window < c); a bidirectional one (the teacher) sees
+  every filled slot.
 - KV cache: static buffers, written at tensor offsets (no `.item()`, so CUDA-graph capture works);
   a second call for the same chunk overwrites its slot ("last call wins"); a ring of slots after the
   sink keeps memory bounded on endless streams.
@@ -73,7 +74,7 @@ class Rotary3D(nn.Module):
         self.dims = (head_dim - 2 * spatial, spatial, spatial)
         self.base = base
 
-    def forward(self, positions):  # positions [L, 3] -> (cos, sin), each [L, head_dim // 2]
+    def forward(self, positions):  # positions [L, 3] -> complex rotations [L, head_dim // 2]
         parts = []
         for axis, dim in enumerate(self.dims):
             freqs = torch.exp(-math.log(self.base) * torch.arange(0, dim, 2, device=positions.device) / dim)
@@ -299,10 +300,15 @@ class LevelExperts(nn.Module):
 
 
 def save_checkpoint(state, path):
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact. The temporary name is
+    per process, so two runs making one shared file (distill.py's ODE pairs) never write into one file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename, so not even a power cut leaves half a file
+    os.replace(temporary, path)
 
 
 def load_checkpoint(path, device="cpu", expect_config=None, settings=("noise_correlation",)):

@@ -301,10 +301,11 @@ def fused_chunks(model, plan, context, labels, noise, renoise_level=LAST_LEVEL, 
             yield clean
             level = context_level(context, levels, renoise_level)
             pending = (renoise(clean, level, noise(chunk_index, CONTEXT_STEP) if level else None), level, chunk_index, False)
-    previous_input, previous_level, previous_chunk, denoising = pending
-    clean = step(previous_input, full(previous_level), previous_chunk * Fc)
-    if denoising:
-        yield clean
+    if pending is not None:  # None when the stream is chunk 0 alone under 'last': it finished above
+        previous_input, previous_level, previous_chunk, denoising = pending
+        clean = step(previous_input, full(previous_level), previous_chunk * Fc)
+        if denoising:
+            yield clean
 
 
 @torch.no_grad()

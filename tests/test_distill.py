@@ -62,6 +62,19 @@ def test_resume_takes_new_learning_rates(teacher, tmp_path):
     assert [g["lr"] for g in state["critic_optimizer"]["param_groups"]] == [7e-6]
 
 
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(teacher, tmp_path):
+    distill.main(tiny_args(teacher, tmp_path))
+    before = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    # a learning rate far too high throws the student's weights out of range in one step; the next loss is NaN
+    with pytest.raises(SystemExit, match="non-finite.*lower the learning rates"):
+        distill.main(tiny_args(teacher, tmp_path, "--resume=1", "--dmd_steps=4", "--lr=1e30"))
+    after = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert after["step"] == before["step"] == 4
+    for key in ("student", "ema", "critic"):
+        for name in before[key]:
+            assert torch.equal(before[key][name], after[key][name]), (key, name)
+
+
 def test_ddp_two_cpu_processes(teacher, tmp_path):
     result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "distill.py", *tiny_args(teacher, tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=240)

@@ -44,6 +44,19 @@ def test_fused_sampler_equals_sequential_rollout(plan_name, context):
     assert (sequential - fused).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("context", ["last", "clean", "renoise"])
+def test_fused_sampler_streams_a_single_chunk(context):
+    # under 'last' chunk 0 finishes alone, so a one-chunk stream leaves no pending pass for the end
+    plan = PLANS["diagonal"][:1]
+    model = student()
+    noise = NoiseSource(seed=3, batch_size=2, config=CONFIG, device="cpu")
+    with torch.no_grad():
+        sequential = rollout(model, plan, context, LABELS, noise)
+    fused = torch.cat(list(fused_chunks(model, plan, context, LABELS, noise)), 1)
+    assert sequential.shape == fused.shape == (2, 2, 3, 16, 16)
+    assert (sequential - fused).abs().max() < 1e-5
+
+
 def test_fused_sampler_equals_sequential_rollout_with_tubelets():
     config = dataclasses.replace(CONFIG, patch_frames=2)  # one token frame a chunk
     model = student(config=config)
