@@ -114,6 +114,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.random == (args.ckpt is not None):
         raise SystemExit("error: pass either --random or --ckpt PATH")
+    if args.preset and not args.random:
+        raise SystemExit("error: --preset sets the size of --random weights; a --ckpt brings its own size")
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be at least 1 (the timed rounds after the warm-up), got {args.repeats}")
     device = torch.device(pick_device())
     if args.random:
         config = model_config(parse_config(TrainConfig(), [args.preset] if args.preset else []))
@@ -127,7 +131,10 @@ def main(argv=None):
     teacher.load_state_dict(weights)
     student.load_state_dict(weights)
     frames = args.frames or config.frames
-    num_chunks = -(-frames // config.chunk_frames)
+    if frames < 1 or frames % config.chunk_frames:
+        raise SystemExit(f"error: --frames must be a positive multiple of the chunk length ({config.chunk_frames}) so "
+                         f"that teacher and students make the same frames, got {frames}")
+    num_chunks = frames // config.chunk_frames
     labels = torch.tensor([0], device=device)
 
     rows = [("teacher", None, None, None, False),

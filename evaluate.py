@@ -102,6 +102,13 @@ def stream_smoothness(video, labels, frames):
                 stream_count_changes=metrics["count_changes"])
 
 
+def student_recipe(state):
+    """(plan name, context rule) a causal net streams with: its distillation's, or for a net trained
+    chunk-causally by train.py (--causal=1, no distillation recipe) the shipped student's."""
+    recipe = state.get("train_config", {})
+    return recipe.get("plan", "diagonal"), recipe.get("context", "last")
+
+
 def generate(model, state, labels, frames, batch_size, seed, steps, guidance, guidance_cutoff, eta, start_clips=None,
              start_level=1.0, second_look=True):
     """Videos in [0, 1] on the CPU, in seeded batches: sample_teacher for a teacher (Euler steps, with
@@ -112,9 +119,7 @@ def generate(model, state, labels, frames, batch_size, seed, steps, guidance, gu
     for first in tqdm(range(0, len(labels), batch_size), desc=f"sampling {frames} frames", leave=False):
         batch = labels[first:first + batch_size].to(device)
         if model.causal:
-            recipe = state["train_config"]
-            video = torch.cat(list(stream(model, batch, frames, recipe["plan"], recipe["context"], "sequential",
-                                          seed + first)), 1)
+            video = torch.cat(list(stream(model, batch, frames, *student_recipe(state), "sequential", seed + first)), 1)
         else:
             start = None if start_clips is None else start_clips[first:first + batch_size] * 2 - 1
             video = sample_teacher(model, batch, frames, steps, guidance, guidance_cutoff, seed=seed + first, eta=eta,
@@ -178,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=0, help="frames per clip of the main table (0: the training length; NFE stays per training-length clip)")
     parser.add_argument("--plot_dir", default="out/eval")
     args = parser.parse_args(argv)
+    if args.num < 2:
+        raise SystemExit(f"error: --num must be at least 2 (the Frechet distance needs a covariance), got {args.num}")
     if not 0 <= args.eta <= 1:
         raise SystemExit(f"error: --eta must be between 0 (the ODE) and 1 (ancestral sampling), got {args.eta}")
     if not 0 <= args.start_level <= 1:
@@ -217,9 +224,8 @@ def main(argv=None):
         rows[path] = measure(video, labels, real, config.chunk_frames)
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
-            recipe = state["train_config"]
-            plan = plan_by_name(recipe["plan"], -(-mconfig.frames // mconfig.chunk_frames))
-            rows[path]["nfe"] = forward_passes(plan, recipe["context"])
+            plan_name, context = student_recipe(state)
+            rows[path]["nfe"] = forward_passes(plan_by_name(plan_name, -(-mconfig.frames // mconfig.chunk_frames)), context)
             long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps,
                                          args.guidance, args.guidance_cutoff, args.eta)
             rows[path].update(drift(long_videos[path]), **stream_smoothness(long_videos[path], long_labels, stream_frames))

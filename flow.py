@@ -10,9 +10,10 @@ In reading order:
 
 1. `frame_differences`: the implicit flow.
 2. `dmd_loss` and `flow_dmd_loss`: DMD on the frames (PAPER.md, "Training") and DMD on the motion, side
-   by side because they share the normaliser; distill.py adds them up (4 L_DMD + 4 L_flow). Two of the
-   three releases computed the motion term entirely under no_grad, so it trained nothing; the tests
-   check both gradients against the formulas written here.
+   by side because they share the normaliser; distill.py adds them up (dmd_weight L_DMD + flow_weight
+   L_flow: 1 + 1 here, 4 + 4 in the release). Two of the three releases computed the motion term
+   entirely under no_grad, so it trained nothing; the tests check both gradients against the formulas
+   written here.
 3. `estimate_flow`: an explicit, differentiable optical flow for small frames (block matching on a
    cost volume, then a sub-pixel step). It measures motion, and `flow_repr="flow"` lets the flow loss
    match it instead of frame differences, as an ablation.

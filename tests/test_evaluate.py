@@ -9,6 +9,7 @@ import torch
 import evaluate
 import train
 from data import FEATURE_GROUPS, centroid_steps, frame_objects, frechet_distance, make_clips, video_features
+from schedule import PLANS, forward_passes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,17 @@ def test_frames_option_sets_the_clip_length_of_the_main_table(teacher, tmp_path,
     assert len(rows["real data"]["step_profile"]) == len(rows[teacher]["step_profile"]) == 5  # tiny trains on 4
     with pytest.raises(SystemExit, match="at least 3"):
         evaluate.main(["--ckpt", teacher, "--frames", "2"])
+
+
+def test_a_chunk_causal_net_from_train_py_streams_as_the_shipped_student_does(tmp_path, capsys):
+    # train.py --causal=1 leaves no distillation recipe in its checkpoint: the diagonal plan on `last`
+    train.main([os.path.join(ROOT, "config", "tiny.py"), "--causal=1", f"--out_dir={tmp_path}"])
+    ckpt = str(tmp_path / "ckpt.pt")
+    evaluate.main(["--ckpt", ckpt, "--num", "2", "--long_num", "2", "--long_factor", "2", "--plot_dir", str(tmp_path)])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rows[ckpt]["nfe"] == forward_passes(PLANS["diagonal"](2), "last")  # tiny: 4 frames, 2 chunks
+    with pytest.raises(SystemExit, match="at least 2"):
+        evaluate.main(["--ckpt", ckpt, "--num", "1"])
 
 
 def test_stream_smoothness_reads_the_first_frames_and_tells_gliding_from_shuffled():

@@ -344,3 +344,16 @@ def test_bench_prints_a_table_and_a_json_last_line(capsys):
     assert {"latency_speedup_vs_teacher", "total_speedup_vs_self_forcing", "student_fps", "sampler_overhead"} <= set(result)
     table = {line.split()[0]: line.split() for line in lines if line.startswith(("teacher", "self-forcing"))}
     assert table["teacher"][1:3] == ["100", "50"] and table["self-forcing"][1:3] == ["10", "10"]  # 2 chunks
+
+
+TINY, SHIPPED_TEACHER = os.path.join(ROOT, "config", "tiny.py"), os.path.join(ROOT, "assets", "teacher.pt")
+
+
+@pytest.mark.parametrize("argv, message", [(["--random", "--preset", TINY, "--repeats", "0"], "at least 1"),
+                                          (["--random", "--preset", TINY, "--frames", "3"], "multiple of the chunk"),
+                                          (["--random", "--ckpt", SHIPPED_TEACHER], "either --random or --ckpt"),
+                                          (["--ckpt", SHIPPED_TEACHER, "--preset", TINY], "brings its own size")])
+def test_bench_rejects_what_it_cannot_measure(argv, message):
+    import bench
+    with pytest.raises(SystemExit, match=message):
+        bench.main(argv)
