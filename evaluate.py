@@ -225,7 +225,8 @@ def main(argv=None):
         rows[path]["seconds"] = time.perf_counter() - start
         if model.causal:
             plan_name, context = student_recipe(state)
-            rows[path]["nfe"] = forward_passes(plan_by_name(plan_name, -(-mconfig.frames // mconfig.chunk_frames)), context)
+            plan = plan_by_name(plan_name, -(-mconfig.frames // mconfig.chunk_frames))
+            rows[path]["nfe"] = forward_passes(plan, context)
             long_videos[path] = generate(model, state, long_labels, long_frames, args.batch_size, args.seed, args.steps,
                                          args.guidance, args.guidance_cutoff, args.eta)
             rows[path].update(drift(long_videos[path]), **stream_smoothness(long_videos[path], long_labels, stream_frames))

@@ -7,7 +7,8 @@ ode_steps = 500       # stage 1, about 0.9 s a step
 dmd_steps = 80        # stage 2, about 9.5 s a step (5 critic updates each)
 batch_size = 8
 # The ODE pairs come from the teacher's Euler ODE (24 steps on the students' shifted grid), guided
-# only up to level 0.7 like its sampler (the guidance interval): stage 1 reads far better from them (label agreement 0.66 against 0.43 fully guided).
+# only up to level 0.7 like its sampler (the guidance interval): stage 1 reads far better from them
+# (label agreement 0.66 against 0.43 fully guided).
 # The DMD real score stays guided at every level.
 guidance_cutoff = 0.7
 real_guidance_cutoff = 1.0
