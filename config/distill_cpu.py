@@ -1,10 +1,11 @@
-# The learner's distillation: both stages in 24 minutes on 2 CPU cores (AMD EPYC
-# with AVX512-BF16, README). The shipped student is this run carried on: config/distill_ship.py.
+# The learner's distillation: both stages in about 36 minutes from the shipped teacher on 2 CPU cores
+# (a Zen 4 AMD EPYC with AVX512-BF16, README). The shipped student is this run carried on:
+# config/distill_ship.py.
 #   nohup python distill.py config/distill_cpu.py > distill.log 2>&1 &
 #   python model.py out/student/ckpt.pt assets/student.pt
-ode_pairs = 160       # teacher trajectories (about 4 minutes to make, then cached)
-ode_steps = 500       # stage 1, about 0.9 s a step
-dmd_steps = 80        # stage 2, about 9.5 s a step (5 critic updates each)
+ode_pairs = 160       # teacher trajectories (about 5 minutes to make, then cached)
+ode_steps = 500       # stage 1, about 1.5 s a step
+dmd_steps = 80        # stage 2, about 14 s a step (5 critic updates each)
 batch_size = 8
 # The ODE pairs come from the teacher's Euler ODE (24 steps on the students' shifted grid), guided
 # only up to level 0.7 like its sampler (the guidance interval): stage 1 reads far better from them
