@@ -81,7 +81,7 @@ class DistillConfig:
     noise_mean: float = 0.5       # DMD and critic levels: logit-normal, as in the teacher's training
     noise_std: float = 1.0
     critic_motion_weight: float = 0.0  # the critic's flow-matching loss: train.py's motion_weight and
-    critic_weight_floor: float = 0.05  # weight_floor (the shipped teacher's 4 and 0.5 read worse: README)
+    critic_weight_floor: float = 0.05  # weight_floor (the teacher preset's 4 and 0.5 read worse: README)
     label_dropout: float = 0.0    # the critic is only ever asked conditional questions
     second_look: bool = True      # a self-conditioned real score and critic read their own first estimate, as
                                   # the teacher's sampler does; off, zeros: a worse teacher (EXPERIMENTS.md,
