@@ -377,7 +377,8 @@ def test_shipped_teacher_loads_and_draws_the_toy_world():
     state, config = load_checkpoint(os.path.join(ROOT, "assets", "teacher.pt"))
     assert config.image_size == 32 and config.frames == 16 and not state["causal"]
     # the shipped teacher is what its preset makes: a changed config/ship.py must ship a new teacher
-    assert config == train.model_config(train.parse_config(train.TrainConfig(), [os.path.join(ROOT, "config", "ship.py")]))
+    preset = train.parse_config(train.TrainConfig(), [os.path.join(ROOT, "config", "ship.py")])
+    assert config == train.model_config(preset)
     assert os.path.getsize(os.path.join(ROOT, "assets", "teacher.pt")) < 10 * 2 ** 20
     video = sample_teacher(build_model(state, config), torch.tensor([0, 7]), frames=4, steps=20, seed=0)
     assert cleanliness(((video + 1) / 2).clamp(0, 1)) > 0.8   # pure noise scores about 0.3
