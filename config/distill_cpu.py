@@ -1,6 +1,6 @@
 # The learner's distillation: both stages in about 36 minutes from the shipped teacher on 2 CPU cores
-# (a Zen 4 AMD EPYC with AVX512-BF16, README). The shipped student is this run carried on:
-# config/distill_ship.py.
+# (a Zen 4 AMD EPYC with AVX512-BF16; the first parts of the shipped student's run, README). The
+# shipped student is this run carried on: config/distill_ship.py.
 #   nohup python distill.py config/distill_cpu.py > distill.log 2>&1 &
 #   python model.py out/student/ckpt.pt assets/student.pt
 ode_pairs = 160       # teacher trajectories (about 5 minutes to make, then cached)
